@@ -1,0 +1,20 @@
+"""embedq producer: the light client a chatbot API uses to embed texts (no torch needed)."""
+
+from .aio import AsyncEmbeddingClient
+from .client import EmbeddingClient
+from .embeddings import EmbedqEmbeddings
+from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError
+from .protocol import DEFAULT_QUEUE, PROTOCOL_VERSION, Keys
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "PROTOCOL_VERSION",
+    "AsyncEmbeddingClient",
+    "EmbeddingClient",
+    "EmbeddingConnectionError",
+    "EmbeddingError",
+    "EmbeddingTimeout",
+    "EmbedqEmbeddings",
+    "EmbedqError",
+    "Keys",
+]

@@ -1,0 +1,89 @@
+"""The asyncio producer, for async chatbot APIs: the same calls as ``EmbeddingClient``, awaitable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import redis.asyncio
+
+from .call import Call, describe, redis_errors
+from .client import DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, connection_options
+from .protocol import DEFAULT_QUEUE, Keys
+
+
+class AsyncEmbeddingClient:
+    """Embeds texts through the embedq workers without blocking the event loop."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.redis = client
+        self.keys = Keys(queue)
+        self.timeout = timeout
+        self.max_batch = max_batch
+        self._where = describe(client.connection_pool.connection_kwargs)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = "redis://localhost:6379/0",
+        *,
+        queue: str = DEFAULT_QUEUE,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        **redis_options: Any,
+    ) -> AsyncEmbeddingClient:
+        """A client on its own connection pool; ``redis_options`` override the socket settings."""
+        options = {**connection_options(timeout), **redis_options}
+        return cls(
+            redis.asyncio.Redis.from_url(url, **options),
+            queue=queue,
+            timeout=timeout,
+            max_batch=max_batch,
+        )
+
+    async def embed(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
+        """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
+        if len(texts) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        call = Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+        with redis_errors(self._where):
+            await self.redis.rpush(self.keys.queue, *call.payloads())
+            while not call.done:
+                popped = await self.redis.blpop(call.pending_keys(), timeout=call.remaining())
+                if popped is None:
+                    call.remaining()  # raises EmbeddingTimeout when the time is up
+                    continue
+                call.accept(*popped)
+        return call.result()
+
+    async def embed_query(self, text: str) -> list[float]:
+        """One question's vector, encoded with the model's query prefix."""
+        return (await self.embed([text], "query"))[0].tolist()
+
+    async def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        """Several questions' vectors, in input order."""
+        return (await self.embed(texts, "query")).tolist()
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        """Documents' vectors (passage prefix), in input order; split into max-batch requests."""
+        return (await self.embed(texts, "passage")).tolist()
+
+    async def aclose(self) -> None:
+        """Release the connection pool."""
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncEmbeddingClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

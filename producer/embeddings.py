@@ -1,0 +1,81 @@
+"""The drop-in embeddings object for a RAG chain, replacing an in-process model.
+
+It subclasses langchain_core's ``Embeddings`` when langchain-core is installed (extra
+``[langchain]``) so vector stores accept it, and works the same without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .aio import AsyncEmbeddingClient
+from .client import DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, EmbeddingClient
+from .protocol import DEFAULT_QUEUE
+
+try:
+    from langchain_core.embeddings import Embeddings as _Base
+except ImportError:  # langchain-core is optional
+
+    class _Base:  # type: ignore[no-redef]
+        """Stand-in base class when langchain-core is not installed."""
+
+
+class EmbedqEmbeddings(_Base):
+    """``embed_query`` / ``embed_documents`` (and their async twins) through embedq workers.
+
+    The worker adds the model's query/passage prefixes; callers pass plain texts.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        queue: str = DEFAULT_QUEUE,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        **redis_options: Any,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "queue": queue,
+            "timeout": timeout,
+            "max_batch": max_batch,
+            **redis_options,
+        }
+        self.url = url
+        self.client = EmbeddingClient.from_url(url, **self._options)
+        self._async: AsyncEmbeddingClient | None = None
+
+    @property
+    def async_client(self) -> AsyncEmbeddingClient:
+        """The asyncio client, made on first use (inside the event loop that will use it)."""
+        if self._async is None:
+            self._async = AsyncEmbeddingClient.from_url(self.url, **self._options)
+        return self._async
+
+    def embed_query(self, text: str) -> list[float]:
+        """The vector of one question."""
+        return self.client.embed_query(text)
+
+    def embed_documents(self, texts: list[str] | Sequence[str]) -> list[list[float]]:
+        """The vectors of documents, in input order."""
+        return self.client.embed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """The vector of one question, awaitable."""
+        return await self.async_client.embed_query(text)
+
+    async def aembed_documents(self, texts: list[str] | Sequence[str]) -> list[list[float]]:
+        """The vectors of documents, in input order, awaitable."""
+        return await self.async_client.embed_documents(texts)
+
+    def close(self) -> None:
+        """Release the sync client's connections (the async one closes with ``aclose``)."""
+        self.client.close()
+
+    async def aclose(self) -> None:
+        """Release both clients' connections."""
+        self.client.close()
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None

@@ -1,0 +1,35 @@
+"""Exceptions a producer raises: each says what happened and what to look at."""
+
+from __future__ import annotations
+
+
+class EmbedqError(Exception):
+    """Base class of every embedq producer error."""
+
+
+class EmbeddingTimeout(EmbedqError, TimeoutError):
+    """No reply arrived within the timeout: no worker is running, or the workers are behind."""
+
+    def __init__(self, waited: float, queue: str, pending: int) -> None:
+        super().__init__(
+            f"no reply from an embedding worker after {waited:.2f}s "
+            f"({pending} request(s) unanswered on queue {queue!r}); "
+            "check that a worker is running against this Redis and queue (embedq-worker)"
+        )
+        self.waited = waited
+        self.queue = queue
+        self.pending = pending
+
+
+class EmbeddingError(EmbedqError):
+    """The worker refused the request or could not encode it; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str, request_id: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class EmbeddingConnectionError(EmbedqError, ConnectionError):
+    """Redis could not be reached, or the connection broke during a call."""

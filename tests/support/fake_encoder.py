@@ -1,0 +1,49 @@
+"""A model-free encoder for unit tests: deterministic unit vectors, a record of every call."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+POISON = "POISON"
+"""A text containing this makes the fake encoder raise, as a broken model input would."""
+
+
+def fake_vector(kind: str, text: str, dim: int = 8) -> np.ndarray:
+    """The unit vector the fake encoder gives ``text`` of ``kind``."""
+    seed = int.from_bytes(hashlib.sha256(f"{kind}|{text}".encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class FakeEncoder:
+    """Implements the worker's ``Encoder`` protocol; records batch sizes and concurrency."""
+
+    def __init__(self, dim: int = 8, delay: float = 0.0) -> None:
+        self.name = "fake"
+        self.dim = dim
+        self.prefixes = {"query": "query: ", "passage": "passage: "}
+        self.delay = delay
+        self.calls: list[int] = []
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.calls.append(len(texts))
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            if any(POISON in t for t in texts):
+                raise RuntimeError("the model cannot encode this text")
+            return np.stack([fake_vector(k, t, self.dim) for k, t in zip(kinds, texts, strict=True)])
+        finally:
+            with self._lock:
+                self.active -= 1

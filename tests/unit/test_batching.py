@@ -1,0 +1,161 @@
+"""The batching policy and batcher, driven by a fake clock and a scripted queue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from worker.batching import Batcher, BatchPolicy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class ScriptedSource:
+    """A queue whose items appear at scripted times: ``arrivals`` maps time -> items."""
+
+    def __init__(self, clock: FakeClock, arrivals: list[tuple[float, list[str]]]) -> None:
+        self.clock = clock
+        self.arrivals = sorted(arrivals, key=lambda a: a[0])
+        self.queue: list[str] = []
+        self.takes: list[tuple[int, float]] = []
+
+    def _arrive(self) -> None:
+        while self.arrivals and self.arrivals[0][0] <= self.clock.now:
+            self.queue.extend(self.arrivals.pop(0)[1])
+
+    def take(self, limit: int, *, block: float) -> Sequence[str]:
+        self.takes.append((limit, block))
+        self._arrive()
+        if block > 0 and not self.queue:
+            if self.arrivals and self.arrivals[0][0] <= self.clock.now + block:
+                self.clock.now = self.arrivals[0][0]
+                self._arrive()
+            else:
+                self.clock.now += block
+                return []
+        got, self.queue = self.queue[:limit], self.queue[limit:]
+        return got
+
+
+def size_of(item: str) -> int:
+    """Items look like 'name/3' for 3 texts; a bare name is one text, 'bad' is zero."""
+    if item == "bad":
+        return 0
+    return int(item.split("/")[1]) if "/" in item else 1
+
+
+def make(arrivals: list[tuple[float, list[str]]], *, max_batch: int = 8, wait: float = 0.05):
+    clock = FakeClock()
+    source = ScriptedSource(clock, arrivals)
+    batcher = Batcher(
+        BatchPolicy(max_batch=max_batch, max_wait_s=wait),
+        source,
+        size_of,
+        clock=clock,
+        sleep=clock.sleep,
+        poll_s=0.001,
+    )
+    return batcher, source, clock
+
+
+def test_policy_waits_the_rest_of_the_window() -> None:
+    policy = BatchPolicy(max_batch=8, max_wait_s=0.05)
+    assert policy.wait_for_more(size=1, waited=0.0) == pytest.approx(0.05)
+    assert policy.wait_for_more(size=1, waited=0.03) == pytest.approx(0.02)
+    assert policy.wait_for_more(size=1, waited=0.07) == 0.0
+    assert policy.wait_for_more(size=8, waited=0.0) == 0.0
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        BatchPolicy(max_batch=0)
+    with pytest.raises(ValueError):
+        BatchPolicy(max_wait_s=-1)
+
+
+def test_idle_queue_gives_an_empty_batch_after_blocking() -> None:
+    batcher, source, clock = make([])
+    assert batcher.next_batch(block=1.0) == []
+    assert clock.now == pytest.approx(1.0)
+    assert source.takes == [(8, 1.0)]
+
+
+def test_full_queue_gives_a_full_batch_without_waiting() -> None:
+    batcher, _, clock = make([(0.0, [f"r{i}" for i in range(20)])])
+    assert batcher.next_batch(block=1.0) == [f"r{i}" for i in range(8)]
+    assert clock.now == 0.0
+    assert batcher.next_batch(block=1.0) == [f"r{i}" for i in range(8, 16)]
+    assert batcher.next_batch(block=1.0) == [f"r{i}" for i in range(16, 20)]
+
+
+def test_lone_request_waits_the_whole_window_then_goes() -> None:
+    batcher, _, clock = make([(0.2, ["a"])])
+    assert batcher.next_batch(block=1.0) == ["a"]
+    assert clock.now == pytest.approx(0.25, abs=0.002)
+
+
+def test_stragglers_within_the_window_join_the_batch() -> None:
+    batcher, _, clock = make([(0.0, ["a"]), (0.01, ["b", "c"]), (0.04, ["d"]), (0.08, ["late"])])
+    assert batcher.next_batch(block=1.0) == ["a", "b", "c", "d"]
+    assert clock.now == pytest.approx(0.05, abs=0.002)
+    assert batcher.next_batch(block=1.0) == ["late"]
+
+
+def test_batch_closes_as_soon_as_it_is_full() -> None:
+    batcher, _, clock = make([(0.0, ["a"]), (0.01, [f"r{i}" for i in range(7)]), (0.02, ["next"])])
+    assert batcher.next_batch(block=1.0) == ["a"] + [f"r{i}" for i in range(7)]
+    assert clock.now == pytest.approx(0.01, abs=0.002)
+
+
+def test_zero_wait_takes_only_what_is_queued() -> None:
+    batcher, _, clock = make([(0.0, ["a", "b"]), (0.001, ["c"])], wait=0.0)
+    assert batcher.next_batch(block=1.0) == ["a", "b"]
+    assert clock.now == 0.0
+    assert batcher.next_batch(block=1.0) == ["c"]
+
+
+def test_multi_text_request_that_does_not_fit_leads_the_next_batch() -> None:
+    batcher, _, _ = make([(0.0, ["a/5", "b/5", "c/1"])])
+    assert batcher.next_batch(block=1.0) == ["a/5"]
+    assert batcher.next_batch(block=1.0) == ["b/5", "c/1"]
+
+
+def test_batches_never_exceed_max_texts() -> None:
+    items = [f"r{i}/{1 + i % 4}" for i in range(40)]
+    batcher, _, _ = make([(0.0, items)])
+    seen: list[str] = []
+    while batch := batcher.next_batch(block=0.1):
+        assert sum(size_of(i) for i in batch) <= 8
+        seen.extend(batch)
+    assert seen == items
+
+
+def test_refused_requests_do_not_use_up_the_batch() -> None:
+    batcher, _, _ = make([(0.0, ["bad", "bad", "a/4", "bad", "b/4", "c"])])
+    assert batcher.next_batch(block=1.0) == ["bad", "bad", "a/4", "bad", "b/4"]
+    assert batcher.next_batch(block=1.0) == ["c"]
+
+
+def test_carried_over_items_do_not_wait_again() -> None:
+    batcher, _, clock = make([(0.0, ["a/6", "b/6"])])
+    assert batcher.next_batch(block=1.0) == ["a/6"]
+    clock.now += 0.2  # the encode of the first batch
+    assert batcher.next_batch(block=1.0) == ["b/6"]
+    assert clock.now == pytest.approx(0.2)
+
+
+def test_drain_returns_carried_over_items() -> None:
+    batcher, _, _ = make([(0.0, ["a/6", "b/6"])])
+    batcher.next_batch(block=1.0)
+    assert batcher.drain() == ["b/6"]
+    assert batcher.drain() == []

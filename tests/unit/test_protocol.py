@@ -1,0 +1,153 @@
+"""The wire protocol: what producers send, what workers accept, what replies carry."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from producer.protocol import (
+    ID_PATTERN,
+    PROTOCOL_VERSION,
+    Keys,
+    Limits,
+    Rejected,
+    Reply,
+    Request,
+    build_requests,
+    new_request_id,
+    parse_request,
+    unpack_reply,
+)
+
+LIMITS = Limits(max_texts=8, max_text_chars=100)
+
+
+def request_map(**changes: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "v": PROTOCOL_VERSION,
+        "id": new_request_id(),
+        "kind": "query",
+        "texts": ["연남 카페 추천해줘"],
+        "deadline": 2e9,
+        "sent_at": 1.7e9,
+    }
+    body.update(changes)
+    return body
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def rejection(raw: bytes) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        parse_request(raw, LIMITS)
+    return info.value
+
+
+def test_keys_derive_from_queue_name() -> None:
+    keys = Keys("embed:requests")
+    rid = new_request_id()
+    assert keys.reply(rid) == f"embed:reply:{rid}"
+    assert keys.dead == "embed:dead"
+    assert keys.processing("w1") == "embed:processing:w1"
+    other = Keys("tenant-a:requests")
+    assert other.reply(rid) == f"tenant-a:reply:{rid}"
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 32, "../../etc", "ABCDEF" * 6, "a" * 31, None, 7])
+def test_reply_key_refuses_anything_but_an_id(bad: object) -> None:
+    with pytest.raises(ValueError, match="not a request id"):
+        Keys().reply(bad)  # type: ignore[arg-type]
+
+
+def test_request_round_trip() -> None:
+    req = Request(id=new_request_id(), kind="passage", texts=["a", "b"], deadline=2e9, sent_at=1.0)
+    parsed = parse_request(req.pack(), LIMITS)
+    assert parsed == req
+
+
+def test_build_requests_splits_by_max_batch_with_one_deadline() -> None:
+    texts = [f"t{i}" for i in range(19)]
+    reqs = build_requests(texts, "passage", max_batch=8, timeout=5.0)
+    assert [len(r.texts) for r in reqs] == [8, 8, 3]
+    assert [t for r in reqs for t in r.texts] == texts
+    assert len({r.deadline for r in reqs}) == 1
+    assert len({r.id for r in reqs}) == 3
+    assert all(ID_PATTERN.match(r.id) for r in reqs)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"\xc1\xff not msgpack", "invalid_msgpack"),
+        (pack([1, 2, 3]), "invalid_request"),
+        (pack("just a string"), "invalid_request"),
+        (pack({"v": 1, "kind": "query", "texts": ["a"]}), "invalid_id"),
+        (pack(request_map(id="not-hex")), "invalid_id"),
+        (pack(request_map(id=12345)), "invalid_id"),
+    ],
+)
+def test_unanswerable_requests_have_no_id(raw: bytes, code: str) -> None:
+    rej = rejection(raw)
+    assert rej.code == code
+    assert rej.request_id is None
+    assert rej.message
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "phrase"),
+    [
+        ({"v": 99}, "unsupported_version", "v1"),
+        ({"kind": "sentence"}, "invalid_kind", "'query' or 'passage'"),
+        ({"texts": []}, "empty_texts", "at least one"),
+        ({"texts": "a string"}, "invalid_request", "list of strings"),
+        ({"texts": ["ok", 42]}, "invalid_text", "text 1 is int"),
+        ({"texts": ["ok", ""]}, "empty_text", "text 1 is empty"),
+        ({"texts": ["   "]}, "empty_text", "text 0"),
+        ({"texts": ["x" * 101]}, "text_too_long", "101 characters; the limit is 100"),
+        ({"texts": ["x"] * 9}, "too_many_texts", "at most 8"),
+        ({"deadline": "soon"}, "invalid_request", "deadline"),
+    ],
+)
+def test_refusals_carry_the_id_and_say_why(changes: dict[str, object], code: str, phrase: str) -> None:
+    body = request_map(**changes)
+    rej = rejection(pack(body))
+    assert rej.code == code
+    assert rej.request_id == body["id"]
+    assert phrase in rej.message
+
+
+def test_text_at_the_limit_is_accepted() -> None:
+    parsed = parse_request(pack(request_map(texts=["x" * 100] * 8)), LIMITS)
+    assert len(parsed.texts) == 8
+
+
+def test_reply_round_trip_keeps_float32_rows() -> None:
+    vectors = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    reply = Reply(
+        id=new_request_id(), vectors=vectors, queue_ms=1.5, encode_ms=9.25, batch_size=7, worker="w"
+    )
+    back = unpack_reply(reply.pack())
+    assert back.ok
+    assert back.vectors is not None
+    np.testing.assert_array_equal(back.vectors, vectors)
+    assert (back.queue_ms, back.encode_ms, back.batch_size, back.worker) == (1.5, 9.25, 7, "w")
+    raw = msgpack.unpackb(reply.pack())
+    assert raw["vectors"] == vectors.astype("<f4").tobytes()
+    assert (raw["count"], raw["dim"]) == (3, 5)
+
+
+def test_error_reply_round_trip() -> None:
+    reply = Reply(id=new_request_id(), code="text_too_long", message="text 0 has 9000 characters")
+    back = unpack_reply(reply.pack())
+    assert not back.ok
+    assert (back.code, back.message) == ("text_too_long", "text 0 has 9000 characters")
+
+
+def test_truncated_reply_is_refused() -> None:
+    body = msgpack.unpackb(Reply(id=new_request_id(), vectors=np.ones((2, 4), np.float32)).pack())
+    body["vectors"] = body["vectors"][:-4]
+    with pytest.raises(ValueError, match="expected 2 x 4"):
+        unpack_reply(msgpack.packb(body))

@@ -1,0 +1,200 @@
+"""The worker loop's decisions on fakeredis with a fake encoder: no model, no server."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import msgpack
+import numpy as np
+import pytest
+
+from producer.protocol import Keys, Request, new_request_id, unpack_reply
+from tests.support.fake_encoder import POISON, FakeEncoder, fake_vector
+from worker.loop import Worker
+from worker.settings import Settings
+
+KEYS = Keys()
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+def make_worker(r: fakeredis.FakeRedis, **changes: object) -> tuple[Worker, FakeEncoder]:
+    encoder = FakeEncoder()
+    settings = Settings(worker_id="w1", batch_wait_ms=0, max_text_chars=50, **changes)  # type: ignore[arg-type]
+    return Worker(settings, encoder, r), encoder
+
+
+def request(*texts: str, kind: str = "query", deadline: float | None = None) -> Request:
+    return Request(id=new_request_id(), kind=kind, texts=list(texts), deadline=deadline or time.time() + 30)
+
+
+def push(r: fakeredis.FakeRedis, *items: Request | bytes) -> None:
+    r.rpush(KEYS.queue, *(i.pack() if isinstance(i, Request) else i for i in items))
+
+
+def reply_of(r: fakeredis.FakeRedis, req: Request):
+    raw = r.lpop(KEYS.reply(req.id))
+    assert raw is not None, "no reply written"
+    return unpack_reply(raw)
+
+
+def drain(worker: Worker) -> None:
+    while worker.serve_once(block=0.01):
+        pass
+
+
+def test_good_requests_get_their_vectors_in_order(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r)
+    a, b = request("one", "two"), request("doc", kind="passage")
+    push(r, a, b)
+    drain(worker)
+    ra, rb = reply_of(r, a), reply_of(r, b)
+    np.testing.assert_array_equal(
+        ra.vectors, np.stack([fake_vector("query", "one"), fake_vector("query", "two")])
+    )
+    np.testing.assert_array_equal(rb.vectors, fake_vector("passage", "doc")[None])
+    assert ra.batch_size == rb.batch_size == 3
+    assert ra.worker == "w1"
+    assert encoder.calls == [3]
+
+
+def test_reply_keys_expire_and_processing_list_empties(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r, reply_ttl=42)
+    a = request("one")
+    push(r, a)
+    drain(worker)
+    assert 0 < r.ttl(KEYS.reply(a.id)) <= 42
+    assert r.llen(KEYS.processing("w1")) == 0
+    assert r.llen(KEYS.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        ({"kind": "sentence"}, "invalid_kind"),
+        ({"texts": []}, "empty_texts"),
+        ({"texts": ["ok", 3]}, "invalid_text"),
+        ({"texts": [""]}, "empty_text"),
+        ({"texts": ["x" * 51]}, "text_too_long"),
+        ({"texts": ["x"] * 9}, "too_many_texts"),
+        ({"v": 2}, "unsupported_version"),
+    ],
+)
+def test_bad_request_gets_an_error_and_its_batch_mates_their_vectors(
+    r: fakeredis.FakeRedis, bad: dict[str, object], code: str
+) -> None:
+    worker, encoder = make_worker(r)
+    good_before, good_after = request("before"), request("after")
+    body = msgpack.unpackb(request("x").pack())
+    body.update(bad)
+    push(r, good_before, msgpack.packb(body), good_after)
+    worker.serve_once(block=0.01)
+    error = unpack_reply(r.lpop(KEYS.reply(body["id"])))
+    assert not error.ok
+    assert error.code == code
+    assert reply_of(r, good_before).ok
+    assert reply_of(r, good_after).ok
+    assert encoder.calls == [2]
+    assert r.llen(KEYS.processing("w1")) == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xc1garbage",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"v": 1, "texts": ["a"]}),
+        msgpack.packb({"id": "../x"}),
+    ],
+)
+def test_request_without_usable_id_goes_to_dead_letters(r: fakeredis.FakeRedis, raw: bytes) -> None:
+    worker, _ = make_worker(r)
+    good = request("fine")
+    push(r, raw, good)
+    worker.serve_once(block=0.01)
+    assert reply_of(r, good).ok
+    dead = [msgpack.unpackb(d) for d in r.lrange(KEYS.dead, 0, -1)]
+    assert len(dead) == 1
+    assert dead[0]["raw"] == raw
+    assert dead[0]["code"] in {"invalid_msgpack", "invalid_request", "invalid_id"}
+    assert dead[0]["reason"]
+    assert r.keys(f"{KEYS.reply_prefix}*") == []
+
+
+def test_dead_letter_list_is_capped(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r, dead_max=5)
+    push(r, *[b"junk %d" % i for i in range(12)])
+    drain(worker)
+    assert r.llen(KEYS.dead) == 5
+    assert msgpack.unpackb(r.lindex(KEYS.dead, 0))["raw"] == b"junk 11"
+
+
+def test_failing_batch_is_retried_text_by_text(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r)
+    a, bad, b = request("fine"), request("also fine", f"{POISON} text"), request("ok", kind="passage")
+    push(r, a, bad, b)
+    worker.serve_once(block=0.01)
+    error = reply_of(r, bad)
+    assert error.code == "encode_failed"
+    assert "text 1 could not be encoded" in (error.message or "")
+    np.testing.assert_array_equal(reply_of(r, a).vectors, fake_vector("query", "fine")[None])
+    np.testing.assert_array_equal(reply_of(r, b).vectors, fake_vector("passage", "ok")[None])
+    assert encoder.calls == [4, 1, 1, 1, 1]
+    assert worker.counts["error"] == 1
+
+
+def test_encoder_returning_garbage_is_an_error_not_a_crash(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r)
+    encoder.encode = lambda texts, kinds: np.full((len(texts), 8), np.nan, np.float32)  # type: ignore[method-assign]
+    a = request("one")
+    push(r, a)
+    worker.serve_once(block=0.01)
+    assert reply_of(r, a).code == "encode_failed"
+
+
+def test_expired_requests_are_skipped_without_encoding(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r)
+    old, fresh = request("old", deadline=time.time() - 1), request("fresh")
+    push(r, old, fresh)
+    worker.serve_once(block=0.01)
+    assert r.llen(KEYS.reply(old.id)) == 0
+    assert reply_of(r, fresh).ok
+    assert encoder.calls == [1]
+    assert worker.counts["expired"] == 1
+    assert r.llen(KEYS.processing("w1")) == 0
+
+
+def test_batches_hold_at_most_max_batch_texts(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r, max_batch=4)
+    reqs = [request(*[f"t{i}-{j}" for j in range(1 + i % 3)]) for i in range(30)]
+    push(r, *reqs)
+    drain(worker)
+    assert max(encoder.calls) <= 4
+    assert sum(encoder.calls) == sum(len(q.texts) for q in reqs)
+    assert all(reply_of(r, q).ok for q in reqs)
+    assert encoder.max_active == 1
+
+
+def test_leftovers_of_an_earlier_run_are_put_back(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r)
+    a, b, c = request("a"), request("b"), request("c")
+    r.rpush(KEYS.processing("w1"), a.pack(), b.pack())
+    push(r, c)
+    worker._recover()
+    assert r.lrange(KEYS.queue, 0, -1) == [a.pack(), b.pack(), c.pack()]
+    assert r.llen(KEYS.processing("w1")) == 0
+
+
+def test_put_back_restores_queue_order(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r)
+    reqs = [request(f"t{i}") for i in range(3)]
+    push(r, *reqs)
+    taken = worker.queue.take(3, block=0)
+    push(r, request("later"))
+    worker.queue.put_back(taken)
+    assert r.lrange(KEYS.queue, 0, 2) == [q.pack() for q in reqs]
+    assert r.llen(KEYS.processing("w1")) == 0

@@ -1,0 +1,7 @@
+"""``python -m worker``: the same as ``embedq-worker``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

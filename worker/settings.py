@@ -1,0 +1,119 @@
+"""The worker's one settings object: defaults, then environment variables, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from producer.protocol import DEFAULT_QUEUE, Keys, Limits
+
+DEFAULT_MODEL = "intfloat/multilingual-e5-large"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the worker cannot run with."""
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a worker is configured with; each field has an env var (``ENV`` below)."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    queue: str = DEFAULT_QUEUE
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    threads: int = 2
+    max_batch: int = 8
+    batch_wait_ms: float = 50.0
+    max_text_chars: int = 8192
+    query_prefix: str | None = None
+    """None: the model's own prompt, else ``query: `` for E5 models, else nothing."""
+    passage_prefix: str | None = None
+    reply_ttl: int = 60
+    dead_max: int = 1000
+    encoder: str = ""
+    """``module:callable`` building the encoder from these settings; empty: sentence-transformers."""
+    worker_id: str = field(default_factory=_default_worker_id)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "threads": self.threads >= 1,
+            "max_batch": self.max_batch >= 1,
+            "batch_wait_ms": self.batch_wait_ms >= 0,
+            "max_text_chars": self.max_text_chars >= 1,
+            "reply_ttl": self.reply_ttl >= 1,
+            "dead_max": self.dead_max >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise SettingsError(f"{name} (env {ENV[name]}) is out of range: {getattr(self, name)!r}")
+        if not self.worker_id or any(c.isspace() for c in self.worker_id):
+            raise SettingsError(f"worker_id must be a non-empty word, got {self.worker_id!r}")
+
+    @property
+    def keys(self) -> Keys:
+        """The Redis key names for this worker's queue."""
+        return Keys(self.queue)
+
+    @property
+    def limits(self) -> Limits:
+        """What one request may carry."""
+        return Limits(max_texts=self.max_batch, max_text_chars=self.max_text_chars)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from environment variables, with ``overrides`` (CLI flags) on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in ENV.items():
+            if var in env:
+                values[name] = _parse(name, var, env[var], _PARSERS[types[name]])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+ENV: dict[str, str] = {
+    "redis_url": "REDIS_URL",
+    "queue": "EMBED_QUEUE",
+    "model": "EMBEDDING_MODEL",
+    "device": "EMBED_DEVICE",
+    "threads": "EMBED_THREADS",
+    "max_batch": "EMBED_MAX_BATCH",
+    "batch_wait_ms": "EMBED_BATCH_WAIT_MS",
+    "max_text_chars": "EMBED_MAX_TEXT_CHARS",
+    "query_prefix": "EMBED_QUERY_PREFIX",
+    "passage_prefix": "EMBED_PASSAGE_PREFIX",
+    "reply_ttl": "EMBED_REPLY_TTL",
+    "dead_max": "EMBED_DEAD_MAX",
+    "encoder": "EMBED_ENCODER",
+    "worker_id": "EMBED_WORKER_ID",
+    "log_level": "EMBED_LOG_LEVEL",
+}
+"""Setting name -> environment variable."""
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "str | None": str,
+    "int": int,
+    "float": float,
+}
+
+
+def _parse(name: str, var: str, raw: str, parser: Callable[[str], Any]) -> Any:
+    try:
+        return parser(raw)
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r} is not a valid {name}") from None
