@@ -51,13 +51,18 @@ class AsyncEmbeddingClient:
             max_batch=max_batch,
         )
 
-    async def embed(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
-        """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
-        if len(texts) == 0:
-            return np.zeros((0, 0), dtype=np.float32)
-        call = Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+    def call(self, texts: Sequence[str], kind: str = "query") -> Call:
+        """A call for ``texts`` (split into max-batch requests), not yet sent."""
+        return Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+
+    async def send(self, *calls: Call) -> None:
+        """Push the requests of ``calls`` onto the queue in one RPUSH, in order."""
         with redis_errors(self._where):
-            await self.redis.rpush(self.keys.queue, *call.payloads())
+            await self.redis.rpush(self.keys.queue, *(p for c in calls for p in c.payloads()))
+
+    async def wait(self, call: Call) -> np.ndarray:
+        """Wait until every request of ``call`` is answered; the vectors in input order."""
+        with redis_errors(self._where):
             while not call.done:
                 popped = await self.redis.blpop(call.pending_keys(), timeout=call.remaining())
                 if popped is None:
@@ -65,6 +70,14 @@ class AsyncEmbeddingClient:
                     continue
                 call.accept(*popped)
         return call.result()
+
+    async def embed(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
+        """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
+        if len(texts) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        call = self.call(texts, kind)
+        await self.send(call)
+        return await self.wait(call)
 
     async def embed_query(self, text: str) -> list[float]:
         """One question's vector, encoded with the model's query prefix."""

@@ -15,7 +15,7 @@ import numpy as np
 import redis.exceptions
 
 from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError
-from .protocol import Keys, build_requests, unpack_reply
+from .protocol import Keys, Reply, build_requests, unpack_reply
 
 MIN_WAIT = 0.001
 """Below this many seconds left a call counts as timed out (BLPOP's 0 would mean 'forever')."""
@@ -34,7 +34,8 @@ class Call:
         self.started = time.monotonic()
         self.requests = build_requests(texts, kind, max_batch=max_batch, timeout=timeout)
         self._slot = {keys.reply(r.id): i for i, r in enumerate(self.requests)}
-        self._results: list[np.ndarray | None] = [None] * len(self.requests)
+        self.replies: list[Reply | None] = [None] * len(self.requests)
+        """Each request's reply once answered: timings, batch size and worker, for monitoring."""
 
     def payloads(self) -> list[bytes]:
         """The packed requests, in input order, for one RPUSH."""
@@ -42,12 +43,12 @@ class Call:
 
     def pending_keys(self) -> list[str]:
         """Reply keys still unanswered."""
-        return [k for k, i in self._slot.items() if self._results[i] is None]
+        return [k for k, i in self._slot.items() if self.replies[i] is None]
 
     @property
     def done(self) -> bool:
         """True once every request has its vectors."""
-        return all(r is not None for r in self._results)
+        return all(r is not None for r in self.replies)
 
     def remaining(self) -> float:
         """Seconds left before the deadline; raises ``EmbeddingTimeout`` when none are."""
@@ -73,11 +74,11 @@ class Call:
                 f"vectors for {expected} texts",
                 reply.id,
             )
-        self._results[slot] = reply.vectors
+        self.replies[slot] = reply
 
     def result(self) -> np.ndarray:
         """All vectors as one float32 matrix, rows in input order."""
-        parts = [r for r in self._results if r is not None]
+        parts = [r.vectors for r in self.replies if r is not None and r.vectors is not None]
         if not parts:
             return np.zeros((0, 0), dtype=np.float32)
         return np.vstack(parts)

@@ -64,13 +64,18 @@ class EmbeddingClient:
         options = {**connection_options(timeout), **redis_options}
         return cls(redis.Redis.from_url(url, **options), queue=queue, timeout=timeout, max_batch=max_batch)
 
-    def embed(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
-        """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
-        if len(texts) == 0:
-            return np.zeros((0, 0), dtype=np.float32)
-        call = Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+    def call(self, texts: Sequence[str], kind: str = "query") -> Call:
+        """A call for ``texts`` (split into max-batch requests), not yet sent."""
+        return Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+
+    def send(self, *calls: Call) -> None:
+        """Push the requests of ``calls`` onto the queue in one RPUSH, in order."""
         with redis_errors(self._where):
-            self.redis.rpush(self.keys.queue, *call.payloads())
+            self.redis.rpush(self.keys.queue, *(p for c in calls for p in c.payloads()))
+
+    def wait(self, call: Call) -> np.ndarray:
+        """Block until every request of ``call`` is answered; the vectors in input order."""
+        with redis_errors(self._where):
             while not call.done:
                 popped = self.redis.blpop(call.pending_keys(), timeout=call.remaining())
                 if popped is None:
@@ -78,6 +83,14 @@ class EmbeddingClient:
                     continue
                 call.accept(*popped)
         return call.result()
+
+    def embed(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
+        """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
+        if len(texts) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        call = self.call(texts, kind)
+        self.send(call)
+        return self.wait(call)
 
     def embed_query(self, text: str) -> list[float]:
         """One question's vector, encoded with the model's query prefix."""

@@ -1,0 +1,96 @@
+"""Micro-batching with real parts: one encode at a time, never over max-batch, real batches
+under concurrent producers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from producer import Call, EmbeddingClient
+from tests.support.servers import RedisServer, WorkerProcess, bundled_model_path
+from worker.encoder import SentenceTransformerEncoder
+from worker.loop import Worker
+from worker.settings import Settings
+
+from .conftest import RECORD_QUERIES, InProcess, client_for, cosines
+
+PRODUCERS = 10
+REQUESTS_EACH = 12
+
+
+class RecordingEncoder(SentenceTransformerEncoder):
+    """The real encoder, recording every call's size and whether two ever overlapped."""
+
+    def __init__(self) -> None:
+        super().__init__(bundled_model_path(), threads=2, query_prefix="query: ", passage_prefix="passage: ")
+        self.sizes: list[int] = []
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.sizes.append(len(texts))
+        try:
+            return super().encode(texts, kinds)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def hammer(client: EmbeddingClient, producers: int, each: int) -> list[Call]:
+    """``producers`` threads each sending ``each`` requests one after another."""
+
+    def producer(p: int) -> list[Call]:
+        calls = []
+        for i in range(each):
+            call = client.call([f"{RECORD_QUERIES[(p + i) % 5]} #{p}-{i}"])
+            client.send(call)
+            client.wait(call)
+            calls.append(call)
+        return calls
+
+    with ThreadPoolExecutor(producers) as pool:
+        return [c for calls in pool.map(producer, range(producers)) for c in calls]
+
+
+def test_worker_process_forms_batches_under_concurrent_producers(
+    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: InProcess
+) -> None:
+    client = client_for(redis_server, e5_worker)
+    calls = hammer(client, PRODUCERS, REQUESTS_EACH)
+    sizes = [c.replies[0].batch_size for c in calls if c.replies[0] is not None]
+    assert len(sizes) == PRODUCERS * REQUESTS_EACH
+    assert max(sizes) <= 8
+    assert np.mean(sizes) > 2, sizes  # 10 producers at once: batches, not one at a time
+    texts = [c.requests[0].texts[0] for c in calls[:20]]
+    got = np.vstack([c.result() for c in calls[:20]])
+    assert cosines(got, in_process.encode(texts, "query: ")).min() >= 0.99999
+
+
+def test_worker_loop_never_encodes_twice_at_once_or_over_max_batch(redis_server: RedisServer) -> None:
+    encoder = RecordingEncoder()
+    settings = Settings(redis_url=redis_server.url, queue="it-loop:requests", worker_id="loop-under-test")
+    worker = Worker(settings, encoder, redis_server.client())
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        client = EmbeddingClient.from_url(redis_server.url, queue=settings.queue, timeout=20)
+        # single queries from 10 producers, and multi-text calls that must be split and packed
+        calls = hammer(client, PRODUCERS, REQUESTS_EACH)
+        docs = client.embed_documents([f"문서 {i}" for i in range(30)])
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert encoder.max_active == 1
+    assert max(encoder.sizes) <= 8
+    assert sum(encoder.sizes) == len(calls) + 30  # every text encoded exactly once
+    assert max(encoder.sizes) > 1
+    assert len(docs) == 30
+    assert worker.counts["ok"] == len(calls) + 4
