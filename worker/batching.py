@@ -78,6 +78,8 @@ class Batcher(Generic[T]):
         self.sleep = sleep
         self.poll_s = poll_s
         self.pending: deque[tuple[T, float]] = deque()
+        self.last_wait_s = 0.0
+        """How long the last batch waited, from its first item's arrival to closing."""
 
     def next_batch(self, *, block: float) -> list[T]:
         """The next batch; empty when nothing arrived within ``block`` seconds."""
@@ -117,6 +119,8 @@ class Batcher(Generic[T]):
             if wait < MIN_WAIT_S:
                 break
             self.sleep(min(wait, self.poll_s))
+        assert first_arrival is not None
+        self.last_wait_s = self.clock() - first_arrival
         return items
 
     def drain(self) -> list[T]:

@@ -138,11 +138,24 @@ class Worker:
                 self.counts["expired"] += 1  # its producer has stopped waiting: skip the encode
             else:
                 live.append(item)
+        encode_ms = 0.0
         if live:
-            replies.extend(self._encode_and_reply(live))
+            encoded, encode_ms = self._encode_and_reply(live)
+            replies.extend(encoded)
+        started = time.perf_counter()
         self.queue.finish(batch, replies, dead)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "batch %d: %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",
+                self.batches,
+                len(batch),
+                sum(t.size for t in live),
+                self.batcher.last_wait_s * 1000,
+                encode_ms,
+                (time.perf_counter() - started) * 1000,
+            )
 
-    def _encode_and_reply(self, live: Sequence[Taken]) -> list[Reply]:
+    def _encode_and_reply(self, live: Sequence[Taken]) -> tuple[list[Reply], float]:
         texts: list[str] = []
         kinds: list[str] = []
         for item in live:
@@ -154,9 +167,6 @@ class Worker:
         encode_ms = (time.perf_counter() - started) * 1000.0
         self.batches += 1
         self.counts["texts"] += len(texts)
-        log.debug(
-            "batch %d: %d request(s), %d text(s), %.1f ms", self.batches, len(live), len(texts), encode_ms
-        )
 
         replies: list[Reply] = []
         row = 0
@@ -184,7 +194,7 @@ class Worker:
                     worker=self.settings.worker_id,
                 )
             )
-        return replies
+        return replies, encode_ms
 
     def _encode(self, texts: list[str], kinds: list[str]) -> tuple[np.ndarray, dict[int, str]]:
         """Encode a batch; if that fails, each text alone, so only bad texts fail."""

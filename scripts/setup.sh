@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what embedq needs on a Debian machine: redis-server (Debian's package) and a
+# virtual environment in .venv with embedq[worker,dev]. Safe to run again: it only redoes what
+# changed. Python 3.10+ and, for redis-server, root (or an existing redis-server) are needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: redis-server is missing; install it first: sudo apt-get install -y redis-server" >&2
+    exit 1
+  fi
+  echo "setup: installing redis-server from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+
+stamp=.venv/.embedq-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing embedq[worker,dev] into .venv (torch is pinned to the CPU build 2.13.0)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[worker,dev]'
+  echo "$want" >"$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f1-3))"
