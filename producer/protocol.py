@@ -69,6 +69,23 @@ class Keys:
         """The list holding the requests one worker has taken and not yet answered."""
         return f"{self.namespace}:processing:{worker_id}"
 
+    @property
+    def workers(self) -> str:
+        """Set of the ids of workers that have served this queue (live or not yet reaped)."""
+        return f"{self.namespace}:workers"
+
+    def heartbeat(self, worker_id: str) -> str:
+        """A worker's heartbeat: exists (with a short expiry) while its loop runs."""
+        return f"{self.namespace}:heartbeat:{worker_id}"
+
+    def attempts(self, request_id: str) -> str:
+        """How many times a request was taken and not answered (its worker died, its encode failed)."""
+        return f"{self.namespace}:attempts:{request_id}"
+
+    def reaping(self, worker_id: str) -> str:
+        """Lock held while one reaper returns a dead worker's requests to the queue."""
+        return f"{self.namespace}:reaping:{worker_id}"
+
 
 def new_request_id() -> str:
     """A fresh request id (uuid4, 32 lowercase hex digits)."""
@@ -125,6 +142,16 @@ def build_requests(texts: Sequence[str], kind: str, *, max_batch: int, timeout: 
         )
         for i in range(0, len(items), max_batch)
     ]
+
+
+def peek_id(raw: bytes) -> str | None:
+    """The request id inside raw request bytes, or None if it has no usable one."""
+    try:
+        obj = msgpack.unpackb(raw, raw=False)
+    except Exception:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) and ID_PATTERN.match(rid) else None
 
 
 class Rejected(Exception):

@@ -20,6 +20,8 @@ from producer.protocol import Reply
 
 from .batching import Batcher, BatchPolicy
 from .encoder import Encoder
+from .presence import Presence
+from .reaper import Reaper
 from .redis_queue import DeadLetter, RedisQueue, Taken
 from .settings import Settings
 
@@ -38,25 +40,41 @@ class Worker:
         self.settings = settings
         self.encoder = encoder
         self.redis = client
+        keys = settings.keys
         self.queue = RedisQueue(
             client,
-            settings.keys,
+            keys,
             settings.worker_id,
             limits=settings.limits,
             reply_ttl=settings.reply_ttl,
             dead_max=settings.dead_max,
+        )
+        self.presence = Presence(client, keys, settings.worker_id, ttl=settings.heartbeat_ttl)
+        self.reaper = Reaper(
+            client,
+            keys,
+            max_attempts=settings.max_attempts,
+            reply_ttl=settings.reply_ttl,
+            dead_max=settings.dead_max,
+            me=settings.worker_id,
         )
         self.policy = BatchPolicy(max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000.0)
         self.batcher: Batcher[Taken] = Batcher(self.policy, self.queue, lambda t: t.size)
         self.counts: Counter[str] = Counter()
         self.batches = 0
         self._stopping = False
+        self._next_reap = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and return (safe from a signal handler)."""
         self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was called."""
+        return self._stopping
 
     def warm_up(self) -> None:
         """One encode before serving, so the first real request does not pay for lazy setup."""
@@ -73,36 +91,74 @@ class Worker:
             f"({source}) queue={s.queue!r}"
         )
 
+    def info(self) -> dict[str, object]:
+        """What the heartbeat tells operators about this worker."""
+        s, e = self.settings, self.encoder
+        return {
+            "model": e.name,
+            "dim": e.dim,
+            "device": s.device,
+            "threads": s.threads,
+            "max_batch": s.max_batch,
+            "batch_wait_ms": s.batch_wait_ms,
+            "queue": s.queue,
+            "prefixes": dict(e.prefixes),
+            "batches": self.batches,
+            "counts": dict(self.counts),
+        }
+
     def run(self) -> None:
         """Serve until stopped; survives Redis outages by reconnecting with capped backoff."""
-        self._call_redis(self._recover)
+        self._call_redis(self._start)
         log.info(self.describe())
         while not self._stopping:
-            if not self._call_redis(self.serve_once):
-                self.batcher.drain()  # what it held is back in Redis (recovered on reconnect)
-        self._call_redis(lambda: self.queue.put_back(self.batcher.drain()))
+            if not self._call_redis(self.tick):
+                self.batcher.drain()  # what it held is back on the queue (recovered on reconnect)
+        self._call_redis(self._leave)
         log.info("worker %s stopped: %s", self.settings.worker_id, dict(self.counts))
 
-    def _recover(self) -> None:
+    def tick(self) -> None:
+        """One turn of the loop: a batch (or an idle wait), the heartbeat, a reaper pass if due."""
+        self.serve_once()
+        self.presence.beat(self.info())
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._next_reap = now + self.settings.reap_interval
+            self.reaper.reap_once()
+
+    def _start(self) -> None:
         moved = self.queue.recover()
         if moved:
-            log.warning("put %d request(s) left by an earlier run back on the queue", moved)
+            log.warning(
+                "put %d request(s) left by an earlier run of %s back on the queue",
+                moved,
+                self.settings.worker_id,
+            )
+        self.presence.beat(self.info(), force=True)
+
+    def _leave(self) -> None:
+        held = self.batcher.drain()
+        self.queue.put_back(held)
+        if held:
+            log.info("put %d request(s) not yet started back on the queue", len(held))
+        self.presence.leave()
 
     def _call_redis(self, fn: Callable[[], object]) -> bool:
         """Run ``fn``; on a Redis connection error wait with capped backoff until Redis answers
-        again, put back what this worker held, and return False."""
+        again (logging the outage once, not each attempt), take back what this worker held, and
+        return False."""
         try:
             fn()
             return True
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.error("lost Redis (%s); reconnecting", exc)
         delay = 0.05
+        down_since = time.monotonic()
         while True:
             time.sleep(delay)
             try:
-                self.redis.ping()
-                self._recover()
-                log.info("Redis is back; serving again")
+                self._start()
+                log.info("Redis is back after %.1f s; serving again", time.monotonic() - down_since)
                 return False
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 if self._stopping:
@@ -119,11 +175,14 @@ class Worker:
         return len(batch)
 
     def process(self, batch: Sequence[Taken]) -> None:
-        """Answer every request of a batch: errors for refused ones, vectors for the rest."""
+        """Answer every request of a batch: errors for refused ones, vectors for the rest; a
+        request whose text failed to encode goes back to the queue until its attempts run out."""
         now = time.time()
         replies: list[Reply] = []
         dead: list[DeadLetter] = []
+        retry: list[Taken] = []
         live: list[Taken] = []
+        worker_id = self.settings.worker_id
         for item in batch:
             if item.rejected is not None:
                 rej = item.rejected
@@ -131,7 +190,7 @@ class Worker:
                 self.counts["error"] += 1
                 if rej.request_id is None:
                     self.counts["dead"] += 1
-                    dead.append(DeadLetter(rej.message, rej.code, item.raw, self.settings.worker_id))
+                    dead.append(DeadLetter(rej.message, rej.code, item.raw, worker_id))
                 else:
                     replies.append(self._error(rej.request_id, rej.code, rej.message))
             elif item.request is not None and item.request.deadline < now:
@@ -140,10 +199,23 @@ class Worker:
                 live.append(item)
         encode_ms = 0.0
         if live:
-            encoded, encode_ms = self._encode_and_reply(live)
+            encoded, failed, encode_ms = self._encode_and_reply(live)
             replies.extend(encoded)
+            if failed:
+                totals = self.queue.count_attempts([t.request.id for t, _ in failed if t.request])
+                for (item, why), attempts in zip(failed, totals, strict=True):
+                    assert item.request is not None
+                    if attempts < self.settings.max_attempts:
+                        self.counts["retried"] += 1
+                        retry.append(item)
+                        continue
+                    message = f"{why} (gave up after {attempts} attempts)"
+                    self.counts["error"] += 1
+                    self.counts["dead"] += 1
+                    replies.append(self._error(item.request.id, "encode_failed", message))
+                    dead.append(DeadLetter(message, "encode_failed", item.raw, worker_id, item.request.id))
         started = time.perf_counter()
-        self.queue.finish(batch, replies, dead)
+        self.queue.finish(batch, replies, dead, retry)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "batch %d: %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",
@@ -155,7 +227,9 @@ class Worker:
                 (time.perf_counter() - started) * 1000,
             )
 
-    def _encode_and_reply(self, live: Sequence[Taken]) -> tuple[list[Reply], float]:
+    def _encode_and_reply(self, live: Sequence[Taken]) -> tuple[list[Reply], list[tuple[Taken, str]], float]:
+        """Encode the texts of ``live`` in one call: the replies of those that worked, the
+        requests that failed with why, and the encode time in ms."""
         texts: list[str] = []
         kinds: list[str] = []
         for item in live:
@@ -169,19 +243,16 @@ class Worker:
         self.counts["texts"] += len(texts)
 
         replies: list[Reply] = []
+        failed: list[tuple[Taken, str]] = []
         row = 0
         for item in live:
             request = item.request
             assert request is not None
             rows = range(row, row + len(request.texts))
             row = rows.stop
-            failed = [(i - rows.start, failures[i]) for i in rows if i in failures]
-            if failed:
-                index, why = failed[0]
-                self.counts["error"] += 1
-                replies.append(
-                    self._error(request.id, "encode_failed", f"text {index} could not be encoded: {why}")
-                )
+            bad = [i for i in rows if i in failures]
+            if bad:
+                failed.append((item, f"text {bad[0] - rows.start} could not be encoded: {failures[bad[0]]}"))
                 continue
             self.counts["ok"] += 1
             replies.append(
@@ -194,15 +265,18 @@ class Worker:
                     worker=self.settings.worker_id,
                 )
             )
-        return replies, encode_ms
+        return replies, failed, encode_ms
 
     def _encode(self, texts: list[str], kinds: list[str]) -> tuple[np.ndarray, dict[int, str]]:
         """Encode a batch; if that fails, each text alone, so only bad texts fail."""
+        out = np.zeros((len(texts), self.encoder.dim), np.float32)
         try:
             return self._checked(texts, kinds), {}
         except Exception as exc:
-            log.warning("encode of %d text(s) failed (%s); retrying text by text", len(texts), exc)
-        out = np.zeros((len(texts), self.encoder.dim), np.float32)
+            if len(texts) == 1:
+                log.warning("encode failed: %s: %s", type(exc).__name__, exc)
+                return out, {0: f"{type(exc).__name__}: {exc}"}
+            log.warning("encode of %d texts failed (%s); retrying text by text", len(texts), exc)
         failures: dict[int, str] = {}
         for i, (text, kind) in enumerate(zip(texts, kinds, strict=True)):
             try:

@@ -18,6 +18,8 @@ from producer.protocol import Keys, Limits, Rejected, Reply, Request, parse_requ
 
 DEAD_RAW_BYTES = 4096
 """How much of an unanswerable request the dead-letter entry keeps."""
+ATTEMPTS_TTL_S = 3600
+"""A request's attempt counter outlives any sensible deadline, then goes by itself."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,13 @@ class DeadLetter:
     code: str
     raw: bytes
     worker: str
+    request_id: str | None = None
 
     def pack(self) -> bytes:
         """The msgpack map stored in the dead-letter list."""
         return msgpack.packb(
             {
+                "id": self.request_id,
                 "code": self.code,
                 "reason": self.reason,
                 "raw": self.raw[:DEAD_RAW_BYTES],
@@ -57,6 +61,21 @@ class DeadLetter:
             },
             use_bin_type=True,
         )
+
+
+def add_replies(pipe: redis.client.Pipeline, keys: Keys, replies: Sequence[Reply], ttl: int) -> None:
+    """Queue the commands that write replies, each with its expiry, on ``pipe``."""
+    for reply in replies:
+        key = keys.reply(reply.id)
+        pipe.rpush(key, reply.pack())
+        pipe.expire(key, ttl)
+
+
+def add_dead(pipe: redis.client.Pipeline, keys: Keys, dead: Sequence[DeadLetter], cap: int) -> None:
+    """Queue the commands that add dead letters, keeping the list within ``cap``."""
+    if dead:
+        pipe.lpush(keys.dead, *(d.pack() for d in dead))
+        pipe.ltrim(keys.dead, 0, cap - 1)
 
 
 class RedisQueue:
@@ -103,20 +122,34 @@ class RedisQueue:
         except Rejected as rejected:
             return Taken(raw=raw, taken_at=now, rejected=rejected)
 
-    def finish(self, done: Sequence[Taken], replies: Sequence[Reply], dead: Sequence[DeadLetter]) -> None:
-        """In one transaction: write the replies (with their expiry), the dead letters, and drop
-        ``done`` from the processing list."""
+    def finish(
+        self,
+        done: Sequence[Taken],
+        replies: Sequence[Reply],
+        dead: Sequence[DeadLetter] = (),
+        retry: Sequence[Taken] = (),
+    ) -> None:
+        """In one transaction: write the replies (with their expiry) and dead letters, put
+        ``retry`` at the back of the queue, and drop ``done`` from the processing list."""
         pipe = self.redis.pipeline(transaction=True)
-        for reply in replies:
-            key = self.keys.reply(reply.id)
-            pipe.rpush(key, reply.pack())
-            pipe.expire(key, self.reply_ttl)
-        if dead:
-            pipe.lpush(self.keys.dead, *(d.pack() for d in dead))
-            pipe.ltrim(self.keys.dead, 0, self.dead_max - 1)
+        add_replies(pipe, self.keys, replies, self.reply_ttl)
+        add_dead(pipe, self.keys, dead, self.dead_max)
+        if retry:
+            pipe.rpush(self.keys.queue, *(t.raw for t in retry))
         for item in done:
             pipe.lrem(self.processing, 1, item.raw)
+        for letter in dead:
+            if letter.request_id:
+                pipe.delete(self.keys.attempts(letter.request_id))
         pipe.execute()
+
+    def count_attempts(self, request_ids: Sequence[str]) -> list[int]:
+        """Add one failed attempt to each request; returns their totals."""
+        pipe = self.redis.pipeline(transaction=True)
+        for rid in request_ids:
+            pipe.incr(self.keys.attempts(rid))
+            pipe.expire(self.keys.attempts(rid), ATTEMPTS_TTL_S)
+        return [int(n) for n in pipe.execute()[::2]]
 
     def put_back(self, items: Sequence[Taken]) -> None:
         """Return taken-but-unanswered requests to the head of the queue, in their order."""

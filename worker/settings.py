@@ -38,6 +38,14 @@ class Settings:
     passage_prefix: str | None = None
     reply_ttl: int = 60
     dead_max: int = 1000
+    max_attempts: int = 3
+    """Takes of one request that end without an answer (worker died, encode raised) before it is
+    dead-lettered with an error reply."""
+    heartbeat_ttl: float = 10.0
+    """Seconds without a heartbeat after which a worker counts as dead and is reaped."""
+    reap_interval: float = 5.0
+    shutdown_timeout: float = 10.0
+    """On SIGTERM: seconds to finish the current batch before exiting regardless."""
     encoder: str = ""
     """``module:callable`` building the encoder from these settings; empty: sentence-transformers."""
     worker_id: str = field(default_factory=_default_worker_id)
@@ -51,6 +59,10 @@ class Settings:
             "max_text_chars": self.max_text_chars >= 1,
             "reply_ttl": self.reply_ttl >= 1,
             "dead_max": self.dead_max >= 1,
+            "max_attempts": self.max_attempts >= 1,
+            "heartbeat_ttl": self.heartbeat_ttl >= 0.5,
+            "reap_interval": self.reap_interval > 0,
+            "shutdown_timeout": self.shutdown_timeout > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -98,6 +110,10 @@ ENV: dict[str, str] = {
     "passage_prefix": "EMBED_PASSAGE_PREFIX",
     "reply_ttl": "EMBED_REPLY_TTL",
     "dead_max": "EMBED_DEAD_MAX",
+    "max_attempts": "EMBED_MAX_ATTEMPTS",
+    "heartbeat_ttl": "EMBED_HEARTBEAT_TTL",
+    "reap_interval": "EMBED_REAP_INTERVAL",
+    "shutdown_timeout": "EMBED_SHUTDOWN_TIMEOUT",
     "encoder": "EMBED_ENCODER",
     "worker_id": "EMBED_WORKER_ID",
     "log_level": "EMBED_LOG_LEVEL",

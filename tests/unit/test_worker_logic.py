@@ -134,13 +134,13 @@ def test_dead_letter_list_is_capped(r: fakeredis.FakeRedis) -> None:
 
 
 def test_failing_batch_is_retried_text_by_text(r: fakeredis.FakeRedis) -> None:
-    worker, encoder = make_worker(r)
+    worker, encoder = make_worker(r, max_attempts=1)
     a, bad, b = request("fine"), request("also fine", f"{POISON} text"), request("ok", kind="passage")
     push(r, a, bad, b)
     worker.serve_once(block=0.01)
     error = reply_of(r, bad)
     assert error.code == "encode_failed"
-    assert "text 1 could not be encoded" in (error.message or "")
+    assert "text 1 could not be encoded: RuntimeError" in (error.message or "")
     np.testing.assert_array_equal(reply_of(r, a).vectors, fake_vector("query", "fine")[None])
     np.testing.assert_array_equal(reply_of(r, b).vectors, fake_vector("passage", "ok")[None])
     assert encoder.calls == [4, 1, 1, 1, 1]
@@ -148,7 +148,7 @@ def test_failing_batch_is_retried_text_by_text(r: fakeredis.FakeRedis) -> None:
 
 
 def test_encoder_returning_garbage_is_an_error_not_a_crash(r: fakeredis.FakeRedis) -> None:
-    worker, encoder = make_worker(r)
+    worker, encoder = make_worker(r, max_attempts=1)
     encoder.encode = lambda texts, kinds: np.full((len(texts), 8), np.nan, np.float32)  # type: ignore[method-assign]
     a = request("one")
     push(r, a)
@@ -184,7 +184,7 @@ def test_leftovers_of_an_earlier_run_are_put_back(r: fakeredis.FakeRedis) -> Non
     a, b, c = request("a"), request("b"), request("c")
     r.rpush(KEYS.processing("w1"), a.pack(), b.pack())
     push(r, c)
-    worker._recover()
+    worker._start()
     assert r.lrange(KEYS.queue, 0, -1) == [a.pack(), b.pack(), c.pack()]
     assert r.llen(KEYS.processing("w1")) == 0
 
@@ -198,3 +198,32 @@ def test_put_back_restores_queue_order(r: fakeredis.FakeRedis) -> None:
     worker.queue.put_back(taken)
     assert r.lrange(KEYS.queue, 0, 2) == [q.pack() for q in reqs]
     assert r.llen(KEYS.processing("w1")) == 0
+
+
+def test_poison_request_is_retried_then_dead_lettered(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r, max_attempts=3)
+    poison, good = request(f"{POISON}!"), request("fine")
+    push(r, poison, good)
+    drain(worker)
+    assert reply_of(r, good).ok
+    error = reply_of(r, poison)
+    assert error.code == "encode_failed"
+    assert "gave up after 3 attempts" in (error.message or "")
+    assert encoder.calls == [2, 1, 1, 1, 1]  # the batch, text by text, then two lone tries
+    dead = [msgpack.unpackb(d) for d in r.lrange(KEYS.dead, 0, -1)]
+    assert [(d["id"], d["code"]) for d in dead] == [(poison.id, "encode_failed")]
+    assert worker.counts["retried"] == 2
+    assert r.exists(KEYS.attempts(poison.id)) == 0
+    assert r.llen(KEYS.queue) == r.llen(KEYS.processing("w1")) == 0
+
+
+def test_heartbeat_registers_and_expires_and_leaving_cleans_up(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r, heartbeat_ttl=5)
+    worker._start()
+    assert r.sismember(KEYS.workers, "w1")
+    assert 0 < r.pttl(KEYS.heartbeat("w1")) <= 5000
+    info = msgpack.unpackb(r.get(KEYS.heartbeat("w1")))
+    assert (info["model"], info["max_batch"], info["worker"]) == ("fake", 8, "w1")
+    worker._leave()
+    assert not r.exists(KEYS.heartbeat("w1"))
+    assert not r.sismember(KEYS.workers, "w1")
