@@ -4,7 +4,7 @@ from .aio import AsyncEmbeddingClient
 from .call import Call
 from .client import EmbeddingClient
 from .embeddings import EmbedqEmbeddings
-from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError
+from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError, QueueFull
 from .protocol import DEFAULT_QUEUE, PROTOCOL_VERSION, Keys
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "EmbedqEmbeddings",
     "EmbedqError",
     "Keys",
+    "QueueFull",
 ]

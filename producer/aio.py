@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import redis.asyncio
 
-from .call import Call, describe, redis_errors
-from .client import DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, connection_options
+from .call import ENQUEUE_SCRIPT, Call, check_pushed, describe, push_slices, redis_errors
+from .client import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, connection_options
 from .protocol import DEFAULT_QUEUE, Keys
 
 
@@ -23,10 +23,13 @@ class AsyncEmbeddingClient:
         queue: str = DEFAULT_QUEUE,
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.redis = client
+        self.max_queue = max_queue
+        self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self.keys = Keys(queue)
         self.timeout = timeout
         self.max_batch = max_batch
@@ -40,6 +43,7 @@ class AsyncEmbeddingClient:
         queue: str = DEFAULT_QUEUE,
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
         **redis_options: Any,
     ) -> AsyncEmbeddingClient:
         """A client on its own connection pool; ``redis_options`` override the socket settings."""
@@ -49,6 +53,7 @@ class AsyncEmbeddingClient:
             queue=queue,
             timeout=timeout,
             max_batch=max_batch,
+            max_queue=max_queue,
         )
 
     def call(self, texts: Sequence[str], kind: str = "query") -> Call:
@@ -56,9 +61,13 @@ class AsyncEmbeddingClient:
         return Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
 
     async def send(self, *calls: Call) -> None:
-        """Push the requests of ``calls`` onto the queue in one RPUSH, in order."""
+        """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue
+        already holds ``max_queue`` requests."""
+        payloads = [p for c in calls for p in c.payloads()]
         with redis_errors(self._where):
-            await self.redis.rpush(self.keys.queue, *(p for c in calls for p in c.payloads()))
+            for args in push_slices(payloads, self.max_queue):
+                pushed = await self._enqueue(keys=[self.keys.queue], args=args)
+                check_pushed(int(pushed), self.keys.queue, self.max_queue)
 
     async def wait(self, call: Call) -> np.ndarray:
         """Wait until every request of ``call`` is answered; the vectors in input order."""

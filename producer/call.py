@@ -14,11 +14,33 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import redis.exceptions
 
-from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError
+from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError, QueueFull
 from .protocol import Keys, Reply, build_requests, unpack_reply
 
 MIN_WAIT = 0.001
 """Below this many seconds left a call counts as timed out (BLPOP's 0 would mean 'forever')."""
+
+ENQUEUE_SCRIPT = """
+local depth = redis.call('LLEN', KEYS[1])
+local limit = tonumber(ARGV[1])
+if limit > 0 and depth >= limit then return -1 - depth end
+return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+"""
+"""RPUSH unless the queue already holds ``limit`` requests (then -1 - depth): one round trip."""
+PUSH_SLICE = 1000
+"""Payloads per script call (Lua's unpack has a stack limit)."""
+
+
+def push_slices(payloads: Sequence[bytes], limit: int | None) -> Iterator[list[bytes | int]]:
+    """Script arguments for pushing ``payloads``: the limit, then up to PUSH_SLICE payloads."""
+    for i in range(0, len(payloads), PUSH_SLICE):
+        yield [limit or 0, *payloads[i : i + PUSH_SLICE]]
+
+
+def check_pushed(result: int, queue: str, limit: int | None) -> None:
+    """Raise ``QueueFull`` if the enqueue script refused."""
+    if result < 0:
+        raise QueueFull(queue, -1 - result, limit or 0)
 
 
 class Call:

@@ -7,23 +7,33 @@ from typing import Any
 
 import numpy as np
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError
+from redis.retry import Retry
 
-from .call import Call, describe, redis_errors
+from .call import ENQUEUE_SCRIPT, Call, check_pushed, describe, push_slices, redis_errors
 from .protocol import DEFAULT_QUEUE, Keys
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_BATCH = 8
-SOCKET_GRACE = 5.0
-"""Socket timeout beyond the call timeout, so a blocking pop ends by itself, not by the socket."""
+DEFAULT_MAX_QUEUE = 10_000
+SOCKET_GRACE = 1.0
+"""Socket timeout beyond the call timeout: a blocking pop ends by itself first (Redis answers
+within ~0.1 s of its timeout); a silently dropped connection ends by the socket soon after."""
 
 
 def connection_options(timeout: float) -> dict[str, Any]:
-    """redis-py options under which a dead peer or a dropped connection cannot hang a call."""
+    """redis-py options under which a dead peer or a dropped connection cannot hang a call.
+
+    One retry, on connection errors only, renews a pooled connection that Redis closed (a
+    restart); timeouts are never retried, so a call never waits much past its timeout.
+    """
     return {
         "socket_timeout": timeout + SOCKET_GRACE,
         "socket_connect_timeout": min(timeout, 5.0),
         "socket_keepalive": True,
         "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(ConnectionError,)),
     }
 
 
@@ -41,10 +51,13 @@ class EmbeddingClient:
         queue: str = DEFAULT_QUEUE,
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.redis = client
+        self.max_queue = max_queue
+        self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self.keys = Keys(queue)
         self.timeout = timeout
         self.max_batch = max_batch
@@ -58,20 +71,31 @@ class EmbeddingClient:
         queue: str = DEFAULT_QUEUE,
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
         **redis_options: Any,
     ) -> EmbeddingClient:
         """A client on its own connection pool; ``redis_options`` override the socket settings."""
         options = {**connection_options(timeout), **redis_options}
-        return cls(redis.Redis.from_url(url, **options), queue=queue, timeout=timeout, max_batch=max_batch)
+        return cls(
+            redis.Redis.from_url(url, **options),
+            queue=queue,
+            timeout=timeout,
+            max_batch=max_batch,
+            max_queue=max_queue,
+        )
 
     def call(self, texts: Sequence[str], kind: str = "query") -> Call:
         """A call for ``texts`` (split into max-batch requests), not yet sent."""
         return Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
 
     def send(self, *calls: Call) -> None:
-        """Push the requests of ``calls`` onto the queue in one RPUSH, in order."""
+        """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue
+        already holds ``max_queue`` requests."""
+        payloads = [p for c in calls for p in c.payloads()]
         with redis_errors(self._where):
-            self.redis.rpush(self.keys.queue, *(p for c in calls for p in c.payloads()))
+            for args in push_slices(payloads, self.max_queue):
+                pushed = self._enqueue(keys=[self.keys.queue], args=args)
+                check_pushed(int(pushed), self.keys.queue, self.max_queue)
 
     def wait(self, call: Call) -> np.ndarray:
         """Block until every request of ``call`` is answered; the vectors in input order."""

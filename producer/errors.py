@@ -33,3 +33,16 @@ class EmbeddingError(EmbedqError):
 
 class EmbeddingConnectionError(EmbedqError, ConnectionError):
     """Redis could not be reached, or the connection broke during a call."""
+
+
+class QueueFull(EmbedqError):
+    """The request queue is at its cap: the workers are far behind; back off or add workers."""
+
+    def __init__(self, queue: str, depth: int, limit: int) -> None:
+        super().__init__(
+            f"queue {queue!r} holds {depth} requests, at its cap of {limit}: the workers are behind; "
+            "retry later or add workers"
+        )
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from types import FrameType
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .settings import ENV, Settings, SettingsError
 
@@ -24,16 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve embedq requests from Redis: micro-batch, encode on the CPU, reply.",
     )
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="serve requests (the default)")
+    run_parser = sub.add_parser("run", help="serve requests (the default)")
+    health = sub.add_parser(
+        "health",
+        help="exit 0 if this host's worker (or --worker-id, or with --any any worker) has a fresh heartbeat",
+    )
+    health.add_argument("--any", action="store_true", help="any live worker on the queue will do")
+    reap = sub.add_parser("reap", help="put the requests of dead workers back on the queue, once")
     for f in fields(Settings):
         shown = {None: "auto", MISSING: "hostname-pid"}.get(f.default, f.default)
-        run.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=_TYPES.get(str(f.type), str),
-            default=None,
-            help=f"env {ENV[f.name]} (default: {shown!r})",
-        )
+        flag = "--" + f.name.replace("_", "-")
+        options = {"dest": f.name, "type": _TYPES.get(str(f.type), str), "default": None}
+        run_parser.add_argument(flag, help=f"env {ENV[f.name]} (default: {shown!r})", **options)
+        if f.name in ("redis_url", "queue", "worker_id", "max_attempts", "reply_ttl", "dead_max"):
+            for p in (health, reap):
+                p.add_argument(flag, help=f"env {ENV[f.name]}", **options)
     return parser
 
 
@@ -46,33 +59,98 @@ def configure_logging(level: str) -> None:
     )
 
 
+def connect(settings: Settings, *, socket_timeout: float) -> redis.Redis:
+    """The worker's Redis connection: timeouts so a dropped connection cannot hang it."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+    )
+
+
 def run(settings: Settings) -> int:
     """Load the encoder, connect, warm up and serve until SIGTERM/SIGINT; returns the exit code."""
-    import redis
-
     from .encoder import build_encoder
     from .loop import IDLE_BLOCK_S, Worker
 
     encoder = build_encoder(settings)
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=IDLE_BLOCK_S + 5.0,
-        socket_connect_timeout=5.0,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
-    worker = Worker(settings, encoder, client)
+    worker = Worker(settings, encoder, connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0))
     worker.warm_up()
 
+    def give_up() -> None:
+        log.error(
+            "still busy %.0f s after the stop signal: exiting now; the reaper will requeue "
+            "what this worker held",
+            settings.shutdown_timeout,
+        )
+        logging.shutdown()
+        os._exit(1)
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if worker._stopping:  # a second signal: stop now; the processing list keeps our requests
-            raise KeyboardInterrupt
+        if worker.stopping:  # a second signal: stop now; the processing list keeps our requests
+            give_up()
         log.info("got %s: finishing the current batch, then stopping", signal.Signals(signum).name)
         worker.stop()
+        watchdog = threading.Timer(settings.shutdown_timeout, give_up)
+        watchdog.daemon = True
+        watchdog.start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.run()
+    return 0
+
+
+def health(settings: Settings, *, explicit_id: bool, any_worker: bool) -> int:
+    """0 if the worker(s) asked about have a fresh heartbeat, else 1; quick enough for a
+    container healthcheck."""
+    from .presence import live_workers
+
+    try:
+        live = live_workers(connect(settings, socket_timeout=2.0), settings.keys)
+    except redis.exceptions.RedisError as exc:
+        print(f"unhealthy: cannot read heartbeats from Redis: {exc}")
+        return 1
+    if any_worker:
+        wanted = list(live)
+    elif explicit_id:
+        wanted = [w for w in live if w == settings.worker_id]
+    else:
+        host = socket.gethostname()
+        wanted = [w for w in live if w.startswith(f"{host}-")]
+    if not wanted:
+        print(
+            f"unhealthy: no fresh heartbeat on queue {settings.queue!r} ({len(live)} live worker(s) in all)"
+        )
+        return 1
+    for w in wanted:
+        info = live[w]
+        print(
+            f"healthy: {w} model={info.get('model')} batches={info.get('batches')} "
+            f"beat {time.time() - float(info.get('beat', 0)):.1f}s ago"
+        )
+    return 0
+
+
+def reap(settings: Settings) -> int:
+    """One reaper pass, for an operator."""
+    from .reaper import Reaper
+
+    report = Reaper(
+        connect(settings, socket_timeout=10.0),
+        settings.keys,
+        max_attempts=settings.max_attempts,
+        reply_ttl=settings.reply_ttl,
+        dead_max=settings.dead_max,
+        me=f"reap-{socket.gethostname()}-{os.getpid()}",
+    ).reap_once()
+    print(
+        f"reaped {len(report.workers)} dead worker(s): {report.requeued} request(s) back on the queue, "
+        f"{report.dead} dead-lettered"
+    )
     return 0
 
 
@@ -82,15 +160,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help")):
         args.insert(0, "run")
     ns = build_parser().parse_args(args)
-    overrides = {k: v for k, v in vars(ns).items() if k != "command"}
+    command = ns.command
+    any_worker = bool(getattr(ns, "any", False))
+    overrides = {k: v for k, v in vars(ns).items() if k not in ("command", "any")}
     try:
         settings = Settings.from_env(**overrides)
     except SettingsError as exc:
         print(f"embedq-worker: {exc}", file=sys.stderr)
         return 2
+    if command == "health":
+        explicit = overrides.get("worker_id") is not None or ENV["worker_id"] in os.environ
+        return health(settings, explicit_id=explicit, any_worker=any_worker)
     configure_logging(settings.log_level)
+    if command == "reap":
+        return reap(settings)
     return run(settings)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

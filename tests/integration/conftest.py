@@ -98,3 +98,11 @@ def no_reply_key_without_expiry(redis_server: RedisServer) -> Iterator[None]:
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture
+def redis_server_restartable() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may kill and start again."""
+    server = RedisServer()
+    yield server
+    server.stop()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import redis
@@ -31,17 +31,24 @@ def bundled_model_path() -> str:
 
 
 class RedisServer:
-    """A throwaway redis-server on loopback, no persistence."""
+    """A throwaway redis-server on loopback, no persistence; can be stopped and started again
+    on the same port (a Redis restart, for fault tests)."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
             raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="embedq-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        assert self.binary is not None
         self.proc = subprocess.Popen(
             [
-                binary,
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -56,7 +63,6 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 10
         while True:
@@ -66,15 +72,20 @@ class RedisServer:
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
+                time.sleep(0.02)
         client.close()
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
 
+    def kill(self) -> None:
+        """Stop the server (its data is lost: no persistence), keeping the port for ``start``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -136,3 +147,12 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``condition`` until it is true; fail the test with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,109 @@
+"""The producer clients against fakeredis, with a hand-written worker reply: no model needed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import fakeredis
+import numpy as np
+import pytest
+
+from producer import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, EmbeddingTimeout, QueueFull
+from producer.protocol import Limits, Reply, parse_request
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+def sync_client(server: fakeredis.FakeServer, **options: object) -> EmbeddingClient:
+    return EmbeddingClient(fakeredis.FakeRedis(server=server), **options)  # type: ignore[arg-type]
+
+
+def answer_all(server: fakeredis.FakeServer, count: int, *, error: bool = False) -> threading.Thread:
+    """A stand-in worker: answers ``count`` requests, each text's vector = [len(text), 0, 0]."""
+
+    def run() -> None:
+        r = fakeredis.FakeRedis(server=server)
+        for _ in range(count):
+            _, raw = r.blpop(["embed:requests"], timeout=5)
+            req = parse_request(raw, Limits(max_texts=100))
+            if error:
+                reply = Reply(id=req.id, code="text_too_long", message="text 0 is too long")
+            else:
+                reply = Reply(id=req.id, vectors=np.array([[len(t), 0, 0] for t in req.texts], np.float32))
+            r.rpush(f"embed:reply:{req.id}", reply.pack())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_many_texts_are_split_and_reassembled_in_order(server: fakeredis.FakeServer) -> None:
+    client = sync_client(server, max_batch=3)
+    texts = ["a" * n for n in range(1, 11)]
+    worker = answer_all(server, 4)
+    got = client.embed_documents(texts)
+    worker.join(5)
+    assert [row[0] for row in got] == list(range(1, 11))
+
+
+def test_error_reply_raises_embedding_error(server: fakeredis.FakeServer) -> None:
+    client = sync_client(server)
+    answer_all(server, 1, error=True)
+    with pytest.raises(EmbeddingError, match="text_too_long: text 0 is too long") as info:
+        client.embed_query("x")
+    assert info.value.code == "text_too_long"
+
+
+def test_timeout_says_how_long_and_which_queue(server: fakeredis.FakeServer) -> None:
+    client = sync_client(server, timeout=0.3, queue="tenant:requests")
+    started = time.monotonic()
+    with pytest.raises(EmbeddingTimeout, match=r"after 0\.[3-9]\ds .*'tenant:requests'") as info:
+        client.embed_query("x")
+    assert time.monotonic() - started < 1.5
+    assert info.value.pending == 1
+
+
+def test_queue_full_is_refused_at_once_with_the_depth(server: fakeredis.FakeServer) -> None:
+    client = sync_client(server, max_queue=5)
+    for _ in range(5):
+        client.send(client.call(["x"]))
+    started = time.monotonic()
+    with pytest.raises(QueueFull, match="holds 5 requests, at its cap of 5") as info:
+        client.embed_query("one too many")
+    assert time.monotonic() - started < 0.5
+    assert info.value.depth == 5
+    assert fakeredis.FakeRedis(server=server).llen("embed:requests") == 5
+
+
+def test_no_cap_when_max_queue_is_none(server: fakeredis.FakeServer) -> None:
+    client = sync_client(server, max_queue=None)
+    for _ in range(20):
+        client.send(client.call(["x"]))
+    assert fakeredis.FakeRedis(server=server).llen("embed:requests") == 20
+
+
+def test_single_string_is_refused_locally(server: fakeredis.FakeServer) -> None:
+    with pytest.raises(TypeError, match="not a single string"):
+        sync_client(server).embed_documents("a string")  # type: ignore[arg-type]
+
+
+def test_empty_list_needs_no_round_trip(server: fakeredis.FakeServer) -> None:
+    assert sync_client(server, timeout=0.01).embed_documents([]) == []
+
+
+def test_async_client_queue_full_and_round_trip(server: fakeredis.FakeServer) -> None:
+    async def main() -> list[list[float]]:
+        client = AsyncEmbeddingClient(fakeredis.FakeAsyncRedis(server=server), max_queue=1)
+        answer_all(server, 1)
+        docs = await client.embed_documents(["abc", "de"])
+        await client.send(client.call(["waiting"]))
+        with pytest.raises(QueueFull):
+            await client.embed_query("refused")
+        return docs
+
+    assert [row[0] for row in asyncio.run(main())] == [3, 2]
