@@ -1,9 +1,10 @@
 """Online path vs the same model in-process, side by side in one run (ratios, not absolutes).
 
-    .venv/bin/python benchmarks/online.py [--requests 800] [--producers 10] [--waits 50,0]
+    .venv/bin/python benchmarks/online.py [--requests 800] [--producers 10]
+        [--configs adaptive/50/2,fixed/50,fixed/0]
 
-Starts its own redis-server and one worker per batch-wait setting, with the bundled
-all-MiniLM-L6-v2 (offline). Prints a Markdown table.
+Starts its own redis-server and one worker per batching config (policy/batch_wait_ms[/gap_ms]),
+with the bundled all-MiniLM-L6-v2 (offline). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--producers", type=int, default=10)
-    parser.add_argument("--waits", default="50,0", help="batch_wait_ms values to run, comma-separated")
+    parser.add_argument(
+        "--configs",
+        default="adaptive/50/2,fixed/50,fixed/0",
+        help="batching configs to run, comma-separated: policy/batch_wait_ms[/batch_gap_ms]",
+    )
     args = parser.parse_args()
 
     server = RedisServer()
@@ -116,19 +121,23 @@ def main() -> None:
         )
         print()
         print(
-            f"| batch_wait_ms | idle p50 (ms) | vs in-process bs1 | {args.producers} producers: texts/s "
+            f"| policy/wait/gap | idle p50 (ms) | vs in-process bs1 | {args.producers} producers: texts/s "
             "| vs in-process bs8 | p50 (ms) | p95 (ms) |"
         )
         print("|---|---|---|---|---|---|---|")
-        for wait in args.waits.split(","):
-            queue = f"bench-{wait}:requests"
-            worker = WorkerProcess(server.url, queue, {"EMBED_BATCH_WAIT_MS": wait})
+        for n, config in enumerate(args.configs.split(",")):
+            policy, wait, *gap = config.split("/")
+            queue = f"bench-{n}:requests"
+            env = {"EMBED_BATCH_POLICY": policy, "EMBED_BATCH_WAIT_MS": wait}
+            if gap:
+                env["EMBED_BATCH_GAP_MS"] = gap[0]
+            worker = WorkerProcess(server.url, queue, env)
             try:
                 q = through_queue(server.url, queue, args.requests, args.producers)
             finally:
                 worker.terminate()
             print(
-                f"| {wait} | {q['idle_p50_ms']:.1f} | {q['idle_p50_ms'] - base['bs1_p50_ms']:+.1f} ms "
+                f"| {config} | {q['idle_p50_ms']:.1f} | {q['idle_p50_ms'] - base['bs1_p50_ms']:+.1f} ms "
                 f"| {q['conc_texts_per_s']:.0f} | {q['conc_texts_per_s'] / base['bs8_texts_per_s']:.2f}x "
                 f"| {q['conc_p50_ms']:.1f} | {q['conc_p95_ms']:.1f} |",
                 flush=True,

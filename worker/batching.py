@@ -2,8 +2,10 @@
 
 The worker asks ``Batcher.next_batch`` for the next group of requests. The batcher blocks for a
 first request, then keeps taking until the batch holds ``max_batch`` texts or the policy says
-the wait is over. The wait is timed here, with a short poll, not as a Redis blocking-pop
-timeout: Redis rounds those up to its ``hz`` tick (~100 ms at the default ``hz 10``).
+the wait is over: ``BatchPolicy`` waits out a fixed window (the design record's),
+``AdaptivePolicy`` only while requests keep arriving. The wait is timed here, with a short
+poll, not as a Redis blocking-pop timeout: Redis rounds those up to its ``hz`` tick (~100 ms
+at the default ``hz 10``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,21 @@ MIN_WAIT_S = 0.0001
 """A wait shorter than this is no wait: the batch goes to encode."""
 
 
+@dataclass(frozen=True)
+class Gathering:
+    """Where a batch being gathered stands, for the policy to decide on."""
+
+    size: int
+    """Texts gathered so far."""
+    waited: float
+    """Seconds since the first of them arrived."""
+    since_arrival: float
+    """Seconds since the last request arrived."""
+    warm: bool
+    """The previous batch held several requests and ended just before this one began: their
+    producers (a chatbot's concurrent users) are likely to send again within milliseconds."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class BatchPolicy:
     """The design record's fixed policy: up to ``max_batch`` texts, waiting at most ``max_wait_s``
@@ -36,12 +53,40 @@ class BatchPolicy:
         if self.max_wait_s < 0:
             raise ValueError(f"max_wait_s must not be negative, got {self.max_wait_s}")
 
-    def wait_for_more(self, *, size: int, waited: float) -> float:
-        """Seconds more to wait for requests, given ``size`` texts gathered ``waited`` seconds
-        after the first arrived; 0 means encode now."""
-        if size >= self.max_batch:
+    def wait_for_more(self, g: Gathering) -> float:
+        """Seconds more to wait for requests; 0 means encode now."""
+        if g.size >= self.max_batch:
             return 0.0
-        return max(0.0, self.max_wait_s - waited)
+        return max(0.0, self.max_wait_s - g.waited)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptivePolicy(BatchPolicy):
+    """Wait only while requests keep arriving: a lone request at idle is encoded at once; under
+    load the batch keeps filling as long as the gap between arrivals stays under ``gap_s``.
+    Still capped at ``max_batch`` texts and ``max_wait_s``."""
+
+    gap_s: float = 0.002
+
+    def wait_for_more(self, g: Gathering) -> float:
+        """Seconds more to wait: while warm and arrivals are closer than ``gap_s``."""
+        cap = super().wait_for_more(g)
+        if cap <= 0 or not g.warm:
+            return 0.0
+        return max(0.0, min(cap, self.gap_s - g.since_arrival))
+
+
+POLICIES = {"adaptive": AdaptivePolicy, "fixed": BatchPolicy}
+"""Policies by the name used in settings (``EMBED_BATCH_POLICY``)."""
+
+
+def make_policy(name: str, *, max_batch: int, max_wait_s: float, gap_s: float) -> BatchPolicy:
+    """The policy called ``name``; a clear error for an unknown one."""
+    if name == "fixed":
+        return BatchPolicy(max_batch=max_batch, max_wait_s=max_wait_s)
+    if name == "adaptive":
+        return AdaptivePolicy(max_batch=max_batch, max_wait_s=max_wait_s, gap_s=gap_s)
+    raise ValueError(f"unknown batch policy {name!r}: choose one of {sorted(POLICIES)}")
 
 
 class Source(Protocol[T]):
@@ -80,9 +125,12 @@ class Batcher(Generic[T]):
         self.pending: deque[tuple[T, float]] = deque()
         self.last_wait_s = 0.0
         """How long the last batch waited, from its first item's arrival to closing."""
+        self._last_count = 0
 
     def next_batch(self, *, block: float) -> list[T]:
         """The next batch; empty when nothing arrived within ``block`` seconds."""
+        started = self.clock()
+        previous, self._last_count = self._last_count, 0
         items: list[T] = []
         size = 0
         first_arrival: float | None = None
@@ -109,18 +157,24 @@ class Batcher(Generic[T]):
             if not got:
                 return []
             add(got, self.clock())
+        assert first_arrival is not None
+        last_arrival = max(first_arrival, started)
+        warm = previous > 1 and first_arrival - started < self.policy.max_wait_s
         while not closed and size < self.policy.max_batch:
-            assert first_arrival is not None
-            wait = self.policy.wait_for_more(size=size, waited=self.clock() - first_arrival)
+            now = self.clock()
+            wait = self.policy.wait_for_more(
+                Gathering(size=size, waited=now - first_arrival, since_arrival=now - last_arrival, warm=warm)
+            )
             got = self.source.take(self.policy.max_batch - size, block=0)
             if got:
-                add(got, self.clock())
+                last_arrival = self.clock()
+                add(got, last_arrival)
                 continue
             if wait < MIN_WAIT_S:
                 break
             self.sleep(min(wait, self.poll_s))
-        assert first_arrival is not None
         self.last_wait_s = self.clock() - first_arrival
+        self._last_count = len(items)
         return items
 
     def drain(self) -> list[T]:

@@ -18,7 +18,7 @@ import redis
 
 from producer.protocol import Reply
 
-from .batching import Batcher, BatchPolicy
+from .batching import Batcher, make_policy
 from .encoder import Encoder
 from .presence import Presence
 from .reaper import Reaper
@@ -58,7 +58,12 @@ class Worker:
             dead_max=settings.dead_max,
             me=settings.worker_id,
         )
-        self.policy = BatchPolicy(max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000.0)
+        self.policy = make_policy(
+            settings.batch_policy,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.batch_wait_ms / 1000.0,
+            gap_s=settings.batch_gap_ms / 1000.0,
+        )
         self.batcher: Batcher[Taken] = Batcher(self.policy, self.queue, lambda t: t.size)
         self.counts: Counter[str] = Counter()
         self.batches = 0
@@ -86,7 +91,8 @@ class Worker:
         source = getattr(e, "prefix_source", "encoder")
         return (
             f"worker {s.worker_id} ready: model={e.name} dim={e.dim} device={s.device} "
-            f"threads={s.threads} max_batch={s.max_batch} batch_wait_ms={s.batch_wait_ms:g} "
+            f"threads={s.threads} max_batch={s.max_batch} batch_policy={s.batch_policy} "
+            f"batch_wait_ms={s.batch_wait_ms:g} batch_gap_ms={s.batch_gap_ms:g} "
             f"prefixes: query={e.prefixes['query']!r} passage={e.prefixes['passage']!r} "
             f"({source}) queue={s.queue!r}"
         )
@@ -101,6 +107,7 @@ class Worker:
             "threads": s.threads,
             "max_batch": s.max_batch,
             "batch_wait_ms": s.batch_wait_ms,
+            "batch_policy": s.batch_policy,
             "queue": s.queue,
             "prefixes": dict(e.prefixes),
             "batches": self.batches,

@@ -32,6 +32,11 @@ class Settings:
     threads: int = 2
     max_batch: int = 8
     batch_wait_ms: float = 50.0
+    """The longest a batch waits for more requests after its first arrived."""
+    batch_policy: str = "adaptive"
+    """``adaptive``: wait only while requests keep arriving; ``fixed``: always wait out the window."""
+    batch_gap_ms: float = 2.0
+    """Adaptive policy: stop waiting once no request arrived for this long."""
     max_text_chars: int = 8192
     query_prefix: str | None = None
     """None: the model's own prompt, else ``query: `` for E5 models, else nothing."""
@@ -56,6 +61,8 @@ class Settings:
             "threads": self.threads >= 1,
             "max_batch": self.max_batch >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 0,
+            "batch_policy": self.batch_policy in ("adaptive", "fixed"),
+            "batch_gap_ms": self.batch_gap_ms >= 0,
             "max_text_chars": self.max_text_chars >= 1,
             "reply_ttl": self.reply_ttl >= 1,
             "dead_max": self.dead_max >= 1,
@@ -105,6 +112,8 @@ ENV: dict[str, str] = {
     "threads": "EMBED_THREADS",
     "max_batch": "EMBED_MAX_BATCH",
     "batch_wait_ms": "EMBED_BATCH_WAIT_MS",
+    "batch_policy": "EMBED_BATCH_POLICY",
+    "batch_gap_ms": "EMBED_BATCH_GAP_MS",
     "max_text_chars": "EMBED_MAX_TEXT_CHARS",
     "query_prefix": "EMBED_QUERY_PREFIX",
     "passage_prefix": "EMBED_PASSAGE_PREFIX",

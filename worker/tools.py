@@ -1,0 +1,187 @@
+"""``embedq``: the operator's and evaluator's command (``bench``, ``eval``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_RESULTS = Path("benchmarks/results")
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in value.split(",") if v)
+
+
+def _words(value: str) -> tuple[str, ...]:
+    return tuple(v for v in value.split(",") if v)
+
+
+def default_model() -> str:
+    """EMBEDDING_MODEL if set, else the bundled offline all-MiniLM-L6-v2."""
+    from .local import bundled_model_path
+
+    return os.environ.get("EMBEDDING_MODEL") or bundled_model_path()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedq", description="embedq tools: benchmark and evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="the design record's sweep in three modes, and the targets")
+    bench.add_argument("--model", help="hub id or path (default: EMBEDDING_MODEL, else the bundled MiniLM)")
+    bench.add_argument("--texts", help="a file with one text per line (default: the design record's texts)")
+    bench.add_argument("--threads", type=_ints, help="torch threads to sweep (default 1,2,4)")
+    bench.add_argument("--batch", type=_ints, help="batch sizes to sweep (default 1,4,8,16)")
+    bench.add_argument("--concurrency", type=_ints, help="concurrent requests to sweep (default 1,5,10)")
+    bench.add_argument("--lengths", type=_words, help="short,long (default both)")
+    bench.add_argument("--requests", type=int, help="requests per sweep cell (default 100)")
+    bench.add_argument("--max-seconds", type=float, help="time cap per sweep cell (default 10)")
+    bench.add_argument("--target-requests", type=int, help="requests per target cell (default 800)")
+    bench.add_argument("--policies", type=_words, help="batching policies to compare (default all)")
+    bench.add_argument("--overhead-batches", type=int, help="batches timed for target 4 (default 200)")
+    bench.add_argument("--quick", action="store_true", help="a small preset: under 2 minutes on 2 cores")
+    bench.add_argument(
+        "--out", type=Path, default=DEFAULT_RESULTS, help=f"report folder (default {DEFAULT_RESULTS})"
+    )
+
+    ev = sub.add_parser("eval", help="Recall@1/5/10 and MRR@10, in-process and through the queue")
+    ev.add_argument("data", help="JSONL of query/passage pairs, or a SQuAD-format JSON (e.g. KorQuAD)")
+    ev.add_argument("--sample", type=int, default=500, help="queries to sample (default 500)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--model", action="append", help="model to evaluate; repeat to compare (default as bench)"
+    )
+    ev.add_argument("--query-prefix", default=None, help="override the query prefix (default: as the worker)")
+    ev.add_argument("--passage-prefix", default=None, help="override the passage prefix")
+    ev.add_argument("--query-field", default="query")
+    ev.add_argument("--passage-field", default="passage")
+    ev.add_argument("--redis-url", help="use the workers on this Redis instead of starting a local one")
+    ev.add_argument("--queue", default="embed:requests", help="queue of those workers")
+    ev.add_argument("--no-queue", action="store_true", help="in-process only")
+    ev.add_argument("--tie-eps", type=float, default=1e-6, help="score gap under which a swap is a tie")
+    return parser
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from . import bench
+
+    plan = bench.Plan.quick() if ns.quick else bench.Plan()
+    changes = {
+        k: getattr(ns, k2)
+        for k, k2 in (
+            ("threads", "threads"),
+            ("batches", "batch"),
+            ("concurrency", "concurrency"),
+            ("lengths", "lengths"),
+            ("requests", "requests"),
+            ("max_seconds", "max_seconds"),
+            ("target_requests", "target_requests"),
+            ("policies", "policies"),
+            ("overhead_batches", "overhead_batches"),
+        )
+        if getattr(ns, k2) is not None
+    }
+    from dataclasses import replace
+
+    plan = replace(plan, **changes)
+    unknown = set(plan.policies) - set(bench.POLICY_CONFIGS)
+    if unknown:
+        print(
+            f"embedq bench: unknown policies {sorted(unknown)}; choose from {sorted(bench.POLICY_CONFIGS)}",
+            file=sys.stderr,
+        )
+        return 2
+    texts = bench.Texts.from_file(ns.texts) if ns.texts else bench.Texts(bench.SHORT_TEXTS, [bench.LONG_TEXT])
+    model = ns.model or default_model()
+    started = time.monotonic()
+    result = bench.run(plan, model, texts, log=lambda line: print(line, flush=True))
+    result["seconds"] = round(time.monotonic() - started, 1)
+    paths = bench.write_reports(result, ns.out)
+    print()
+    print(bench.markdown(result).split("## Sweep")[0])
+    print(f"wrote {', '.join(str(p) for p in paths)} in {result['seconds']:.0f} s")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from . import evaluate as ev
+
+    pairs = ev.load_pairs(ns.data, query_field=ns.query_field, passage_field=ns.passage_field)
+    data = ev.build_set(pairs, sample=ns.sample, seed=ns.seed)
+    print(f"{len(data.queries)} queries against {len(data.corpus)} passages from {ns.data}", flush=True)
+    models = ns.model or [default_model()]
+    prefixes = {"query_prefix": ns.query_prefix, "passage_prefix": ns.passage_prefix}
+    rows = []
+    failed = False
+    for n, model in enumerate(models):
+        local = ev.InProcessEncoder(model, threads=2, **prefixes)
+        q = local.encode(data.queries, "query")
+        p = local.encode(data.corpus, "passage")
+        top, scores = ev.rankings(q, p)
+        name = Path(model).name if os.path.exists(model) else model
+        rows.append(("in-process", name, ev.metrics(top, data.positives)))
+        print(
+            f"in-process {name}: prefixes {local.encoder.prefixes} ({local.encoder.prefix_source})",
+            flush=True,
+        )
+        if n == 0 and not ns.no_queue:
+            q2, p2 = _queue_vectors(ns, model, data, prefixes)
+            top2, _ = ev.rankings(q2, p2)
+            rows.append(("queue", name, ev.metrics(top2, data.positives)))
+            agree = ev.compare_rankings(top, top2, scores, ns.tie_eps)
+            cos = float(np.min(np.sum(np.vstack([q, p]) * np.vstack([q2, p2]), axis=1)))
+            print(
+                f"queue vs in-process: top-10 identical for {agree['identical']}/{agree['queries']} queries "
+                f"({agree['ties']} differ only within score ties < {ns.tie_eps:g}); lowest cosine {cos:.7f}"
+            )
+            failed = agree["differ"] > 0
+    print()
+    print(ev.table(rows))
+    if failed:
+        print("\nFAIL: the queue path ranks differently from the in-process model", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _queue_vectors(ns: argparse.Namespace, model: str, data: object, prefixes: dict[str, str | None]):  # type: ignore[no-untyped-def]
+    from producer import EmbeddingClient
+
+    from . import evaluate as ev
+    from .local import RedisServer, WorkerProcess
+
+    assert isinstance(data, ev.EvalSet)
+    if ns.redis_url:
+        client = EmbeddingClient.from_url(ns.redis_url, queue=ns.queue, timeout=300, max_queue=None)
+        return ev.through_queue(client, data.queries, "query"), ev.through_queue(
+            client, data.corpus, "passage"
+        )
+    server = RedisServer()
+    env = {"EMBEDDING_MODEL": model}
+    env.update({f"EMBED_{k.upper()}": v for k, v in prefixes.items() if v is not None})
+    worker = WorkerProcess(server.url, "eval:requests", env)
+    try:
+        client = EmbeddingClient.from_url(server.url, queue=worker.queue, timeout=300, max_queue=None)
+        return ev.through_queue(client, data.queries, "query"), ev.through_queue(
+            client, data.corpus, "passage"
+        )
+    finally:
+        worker.terminate()
+        server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``embedq``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ns = build_parser().parse_args(argv)
+    if ns.command == "bench":
+        return cmd_bench(ns)
+    return cmd_eval(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
