@@ -17,7 +17,7 @@ import redis
 from producer.protocol import Keys, Reply, peek_id
 
 from .presence import dead_workers
-from .redis_queue import ATTEMPTS_TTL_S, DeadLetter, add_dead, add_replies
+from .redis_queue import ATTEMPTS_TTL_S, DeadLetter, Outcomes
 
 log = logging.getLogger("embedq.reaper")
 
@@ -53,6 +53,7 @@ class Reaper:
         self.reply_ttl = reply_ttl
         self.dead_max = dead_max
         self.me = me
+        self.outcomes = Outcomes(client, keys, reply_ttl=reply_ttl, dead_max=dead_max)
 
     def reap_once(self) -> ReapReport:
         """One pass over every registered worker whose heartbeat has expired."""
@@ -111,9 +112,4 @@ class Reaper:
         )
         reply = Reply(id=request_id, code="worker_died", message=message, worker=self.me)
         entry = DeadLetter(message, "worker_died", raw, self.me, request_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lrem(processing, 1, raw)
-        add_replies(pipe, self.keys, [reply], self.reply_ttl)
-        add_dead(pipe, self.keys, [entry], self.dead_max)
-        pipe.delete(self.keys.attempts(request_id))
-        pipe.execute()
+        self.outcomes.write(processing, replies=[reply], done=[raw], dead=[entry])

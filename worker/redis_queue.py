@@ -63,19 +63,73 @@ class DeadLetter:
         )
 
 
-def add_replies(pipe: redis.client.Pipeline, keys: Keys, replies: Sequence[Reply], ttl: int) -> None:
-    """Queue the commands that write replies, each with its expiry, on ``pipe``."""
-    for reply in replies:
-        key = keys.reply(reply.id)
-        pipe.rpush(key, reply.pack())
-        pipe.expire(key, ttl)
+TAKE_SCRIPT = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items > 0 then
+  redis.call('LTRIM', KEYS[1], #items, -1)
+  redis.call('RPUSH', KEYS[2], unpack(items))
+end
+return items
+"""
+"""Move up to ARGV[1] requests from the queue (KEYS[1]) to a processing list (KEYS[2]), FIFO."""
+
+FINISH_SCRIPT = """
+local ttl, dead_max = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n_reply, n_attempts = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n_done, n_retry, n_dead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local i = 8
+for k = 1, n_reply do
+  redis.call('RPUSH', KEYS[3 + k], ARGV[i])
+  redis.call('EXPIRE', KEYS[3 + k], ttl)
+  i = i + 1
+end
+for k = 1, n_done do redis.call('LREM', KEYS[1], 1, ARGV[i]); i = i + 1 end
+for k = 1, n_retry do redis.call('RPUSH', KEYS[2], ARGV[i]); i = i + 1 end
+for k = 1, n_dead do redis.call('LPUSH', KEYS[3], ARGV[i]); i = i + 1 end
+if n_dead > 0 then redis.call('LTRIM', KEYS[3], 0, dead_max - 1) end
+for k = 1, n_attempts do redis.call('DEL', KEYS[3 + n_reply + k]) end
+return n_reply
+"""
+"""Atomically: write replies with their expiry, drop answered requests from a processing list,
+requeue retries at the back, add dead letters (capped) and clear their attempt counters."""
 
 
-def add_dead(pipe: redis.client.Pipeline, keys: Keys, dead: Sequence[DeadLetter], cap: int) -> None:
-    """Queue the commands that add dead letters, keeping the list within ``cap``."""
-    if dead:
-        pipe.lpush(keys.dead, *(d.pack() for d in dead))
-        pipe.ltrim(keys.dead, 0, cap - 1)
+class Outcomes:
+    """Writes what became of a batch in one atomic script call (one round trip)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, reply_ttl: int, dead_max: int) -> None:
+        self.keys = keys
+        self.reply_ttl = reply_ttl
+        self.dead_max = dead_max
+        self._script = client.register_script(FINISH_SCRIPT)
+
+    def write(
+        self,
+        processing: str,
+        *,
+        replies: Sequence[Reply] = (),
+        done: Sequence[bytes] = (),
+        retry: Sequence[bytes] = (),
+        dead: Sequence[DeadLetter] = (),
+    ) -> None:
+        """Replies, removal of ``done`` from ``processing``, retries and dead letters, atomically."""
+        cleared = [d.request_id for d in dead if d.request_id]
+        keys = [processing, self.keys.queue, self.keys.dead]
+        keys += [self.keys.reply(r.id) for r in replies]
+        keys += [self.keys.attempts(rid) for rid in cleared]
+        args: list[bytes | int] = [
+            self.reply_ttl,
+            self.dead_max,
+            len(replies),
+            len(cleared),
+            len(done),
+            len(retry),
+            len(dead),
+        ]
+        args += [r.pack() for r in replies]
+        args += [*done, *retry]
+        args += [d.pack() for d in dead]
+        self._script(keys=keys, args=args)
 
 
 class RedisQueue:
@@ -98,21 +152,20 @@ class RedisQueue:
         self.limits = limits
         self.reply_ttl = reply_ttl
         self.dead_max = dead_max
+        self.outcomes = Outcomes(client, keys, reply_ttl=reply_ttl, dead_max=dead_max)
+        self._take = client.register_script(TAKE_SCRIPT)
 
     def take(self, limit: int, *, block: float) -> list[Taken]:
-        """Up to ``limit`` requests, FIFO; with ``block`` > 0 wait that long for the first."""
-        raws: list[bytes] = []
-        if block > 0:
+        """Up to ``limit`` requests, FIFO; with ``block`` > 0 and none queued, wait that long for
+        one. Under load this is one round trip; at idle, the blocking pop wakes on arrival."""
+        raws: list[bytes] = list(self._take(keys=[self.keys.queue, self.processing], args=[limit]))
+        if not raws and block > 0:
             first = self.redis.blmove(self.keys.queue, self.processing, block, "LEFT", "RIGHT")
             if first is None:
                 return []
             raws.append(first)
-            limit -= 1
-        if limit > 0:
-            pipe = self.redis.pipeline(transaction=False)
-            for _ in range(limit):
-                pipe.lmove(self.keys.queue, self.processing, "LEFT", "RIGHT")
-            raws.extend(r for r in pipe.execute() if r is not None)
+            if limit > 1:
+                raws.extend(self._take(keys=[self.keys.queue, self.processing], args=[limit - 1]))
         now = time.time()
         return [self._parse(raw, now) for raw in raws]
 
@@ -129,19 +182,15 @@ class RedisQueue:
         dead: Sequence[DeadLetter] = (),
         retry: Sequence[Taken] = (),
     ) -> None:
-        """In one transaction: write the replies (with their expiry) and dead letters, put
+        """In one atomic step: write the replies (with their expiry) and dead letters, put
         ``retry`` at the back of the queue, and drop ``done`` from the processing list."""
-        pipe = self.redis.pipeline(transaction=True)
-        add_replies(pipe, self.keys, replies, self.reply_ttl)
-        add_dead(pipe, self.keys, dead, self.dead_max)
-        if retry:
-            pipe.rpush(self.keys.queue, *(t.raw for t in retry))
-        for item in done:
-            pipe.lrem(self.processing, 1, item.raw)
-        for letter in dead:
-            if letter.request_id:
-                pipe.delete(self.keys.attempts(letter.request_id))
-        pipe.execute()
+        self.outcomes.write(
+            self.processing,
+            replies=replies,
+            done=[t.raw for t in done],
+            retry=[t.raw for t in retry],
+            dead=dead,
+        )
 
     def count_attempts(self, request_ids: Sequence[str]) -> list[int]:
         """Add one failed attempt to each request; returns their totals."""

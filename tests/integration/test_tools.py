@@ -62,6 +62,8 @@ def test_bench_tiny_run_writes_its_reports(tmp_path: Path) -> None:
         "12",
         "--policies",
         "adaptive",
+        "--overhead-batches",
+        "10",
         "--out",
         str(out),
         timeout=600,
