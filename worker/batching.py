@@ -22,6 +22,8 @@ DEFAULT_POLL_S = 0.001
 """How often the queue is looked at while a batch is gathering."""
 MIN_WAIT_S = 0.0001
 """A wait shorter than this is no wait: the batch goes to encode."""
+BLOCKED_S = 0.0005
+"""A first take that returned later than this had to wait: its requests count as arrivals."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class Gathering:
     warm: bool
     """The previous batch held several requests and ended just before this one began: their
     producers (a chatbot's concurrent users) are likely to send again within milliseconds."""
+    expected: int = 0
+    """Requests the previous batch answered: how many producers may come back."""
+    arrived: int = 0
+    """Requests that arrived after this batch began gathering (not those already queued)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,16 +68,18 @@ class BatchPolicy:
 
 @dataclass(frozen=True, kw_only=True)
 class AdaptivePolicy(BatchPolicy):
-    """Wait only while requests keep arriving: a lone request at idle is encoded at once; under
-    load the batch keeps filling as long as the gap between arrivals stays under ``gap_s``.
-    Still capped at ``max_batch`` texts and ``max_wait_s``."""
+    """Wait only for requests that are likely to come: a lone request at idle is encoded at once;
+    right after a batch of several requests, wait for their producers to send again, until as
+    many have arrived or arrivals pause for ``gap_s``. Still capped at ``max_batch`` texts and
+    ``max_wait_s``."""
 
-    gap_s: float = 0.002
+    gap_s: float = 0.003
 
     def wait_for_more(self, g: Gathering) -> float:
-        """Seconds more to wait: while warm and arrivals are closer than ``gap_s``."""
+        """Seconds more to wait: while warm, some expected producers are still out, and the last
+        arrival is less than ``gap_s`` ago."""
         cap = super().wait_for_more(g)
-        if cap <= 0 or not g.warm:
+        if cap <= 0 or not g.warm or g.arrived >= g.expected:
             return 0.0
         return max(0.0, min(cap, self.gap_s - g.since_arrival))
 
@@ -152,22 +160,34 @@ class Batcher(Generic[T]):
                 first_arrival = at if first_arrival is None else first_arrival
 
         add((), 0.0)  # carried-over items first
+        arrived = 0
         if not items:
             got = self.source.take(self.policy.max_batch, block=block)
             if not got:
                 return []
-            add(got, self.clock())
+            now = self.clock()
+            if now - started > BLOCKED_S:  # nothing was queued: these just arrived
+                arrived = len(got)
+            add(got, now)
         assert first_arrival is not None
         last_arrival = max(first_arrival, started)
         warm = previous > 1 and first_arrival - started < self.policy.max_wait_s
         while not closed and size < self.policy.max_batch:
             now = self.clock()
             wait = self.policy.wait_for_more(
-                Gathering(size=size, waited=now - first_arrival, since_arrival=now - last_arrival, warm=warm)
+                Gathering(
+                    size=size,
+                    waited=now - first_arrival,
+                    since_arrival=now - last_arrival,
+                    warm=warm,
+                    expected=previous,
+                    arrived=arrived,
+                )
             )
             got = self.source.take(self.policy.max_batch - size, block=0)
             if got:
                 last_arrival = self.clock()
+                arrived += len(got)
                 add(got, last_arrival)
                 continue
             if wait < MIN_WAIT_S:

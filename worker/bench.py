@@ -119,10 +119,11 @@ class Plan:
             batches=(1, 8),
             concurrency=(1, 10),
             lengths=("short",),
-            requests=40,
-            max_seconds=4.0,
-            target_requests=200,
+            requests=30,
+            max_seconds=3.0,
+            target_requests=160,
             policies=("adaptive", "fixed-50ms"),
+            overhead_batches=50,
         )
 
 
@@ -216,11 +217,14 @@ def measure_inproc(
     plan_requests: int,
     max_seconds: float,
     mode: str,
+    *,
+    warm: bool = True,
 ) -> Cell:
     cell = Cell(
         mode=mode, threads=enc.torch.get_num_threads(), length=length, batch=batch, concurrency=concurrency
     )
-    enc.encode(texts.take(length, batch))  # warm this shape
+    if warm:
+        enc.encode(texts.take(length, batch))  # warm this shape
     cell.latencies_ms, cell.elapsed_s = closed_loop(
         lambda: enc.encode(texts.take(length, batch)), concurrency, plan_requests, max_seconds
     )
@@ -239,11 +243,13 @@ def measure_queue(
     policy: str,
     *,
     pause_s: float = 0.0,
+    warm: bool = True,
 ) -> Cell:
     cell = Cell(
         mode="queue", threads=threads, length=length, batch=batch, concurrency=concurrency, policy=policy
     )
-    client.embed(texts.take(length, batch))
+    if warm:
+        client.embed(texts.take(length, batch))
 
     def one() -> None:
         client.embed(texts.take(length, batch))
@@ -397,32 +403,65 @@ def run(plan: Plan, model: str, texts: Texts, *, log: Callable[[str], None] = pr
     return result
 
 
+ROUNDS = 8
+"""Target cells are measured in this many interleaved rounds, so slow drifts of a noisy machine
+hit every mode alike."""
+
+
 def measure_targets(
     plan: Plan, enc: InProcess, server: RedisServer, model: str, texts: Texts, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """The four targets, at 2 threads with short texts, with ``target_requests`` per cell."""
-    n, cap = plan.target_requests, 600.0
+    """The four targets at 2 threads with short texts, ``target_requests`` per cell, every mode
+    and policy interleaved round by round; one request at idle is paired with one in-process
+    batch-1 encode right before it."""
+    n = plan.target_requests
+    per_round = max(1, n // ROUNDS)
     enc.set_threads(2)
-    base_bs1 = measure_inproc(enc, texts, "short", 1, 1, n, cap, "inproc").summary()
-    base_bs8 = measure_inproc(enc, texts, "short", 8, 1, max(n // 8, 5), cap, "inproc").summary()
-    naive10 = measure_inproc(enc, texts, "short", 1, 10, n, cap, "naive").summary()
+    workers = {
+        name: WorkerProcess(
+            server.url,
+            f"bench-{name}:requests",
+            {**POLICY_CONFIGS[name], "EMBED_THREADS": "2", "EMBEDDING_MODEL": model},
+        )
+        for name in plan.policies
+    }
+    try:
+        clients = {
+            name: EmbeddingClient.from_url(server.url, queue=w.queue, timeout=120, max_queue=None)
+            for name, w in workers.items()
+        }
+        cells: dict[str, Cell] = {}
+
+        def add(key: str, cell: Cell) -> None:
+            if key not in cells:
+                cells[key] = cell
+            else:
+                cells[key].latencies_ms += cell.latencies_ms
+                cells[key].elapsed_s += cell.elapsed_s
+
+        for _ in range(ROUNDS):
+            add("inproc_bs8", measure_inproc(enc, texts, "short", 8, 1, per_round, 600, "inproc"))
+            add("naive_c10", measure_inproc(enc, texts, "short", 1, 10, per_round, 600, "naive"))
+            for name, client in clients.items():
+                add(f"{name}_c10", measure_queue(client, texts, "short", 1, 10, per_round, 600, 2, name))
+            for name, client in clients.items():  # idle: alternate in-process and queue, one by one
+                for _ in range(per_round):
+                    add("inproc_bs1", measure_inproc(enc, texts, "short", 1, 1, 1, 600, "inproc"))
+                    add(
+                        f"{name}_idle",
+                        measure_queue(client, texts, "short", 1, 1, 1, 600, 2, name, pause_s=0.005),
+                    )
+    finally:
+        for w in workers.values():
+            w.terminate()
+    base_bs1, base_bs8, naive10 = (cells[k].summary() for k in ("inproc_bs1", "inproc_bs8", "naive_c10"))
     log(
         f"targets baseline: inproc bs1 p50 {base_bs1['p50_ms']:.1f} ms, "
         f"bs8 {base_bs8['texts_per_s']:.0f} texts/s, naive c10 p95 {naive10['p95_ms']:.1f} ms"
     )
     policies = {}
     for name in plan.policies:
-        worker = WorkerProcess(
-            server.url,
-            f"bench-{name}:requests",
-            {**POLICY_CONFIGS[name], "EMBED_THREADS": "2", "EMBEDDING_MODEL": model},
-        )
-        try:
-            client = EmbeddingClient.from_url(server.url, queue=worker.queue, timeout=120, max_queue=None)
-            idle = measure_queue(client, texts, "short", 1, 1, n, cap, 2, name, pause_s=0.01).summary()
-            loaded = measure_queue(client, texts, "short", 1, 10, n, cap, 2, name).summary()
-        finally:
-            worker.terminate()
+        idle, loaded = cells[f"{name}_idle"].summary(), cells[f"{name}_c10"].summary()
         policies[name] = {
             "idle": idle,
             "c10": loaded,
@@ -443,6 +482,7 @@ def measure_targets(
         "naive_c10": naive10,
         "policies": policies,
         "overhead": overhead,
+        "rounds": ROUNDS,
     }
 
 

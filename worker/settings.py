@@ -35,7 +35,7 @@ class Settings:
     """The longest a batch waits for more requests after its first arrived."""
     batch_policy: str = "adaptive"
     """``adaptive``: wait only while requests keep arriving; ``fixed``: always wait out the window."""
-    batch_gap_ms: float = 2.0
+    batch_gap_ms: float = 3.0
     """Adaptive policy: stop waiting once no request arrived for this long."""
     max_text_chars: int = 8192
     query_prefix: str | None = None

@@ -74,8 +74,17 @@ def make(
     return batcher, source, clock
 
 
-def g(size: int = 1, waited: float = 0.0, since: float = 0.0, warm: bool = True) -> Gathering:
-    return Gathering(size=size, waited=waited, since_arrival=since, warm=warm)
+def g(
+    size: int = 1,
+    waited: float = 0.0,
+    since: float = 0.0,
+    warm: bool = True,
+    expected: int = 8,
+    arrived: int = 0,
+) -> Gathering:
+    return Gathering(
+        size=size, waited=waited, since_arrival=since, warm=warm, expected=expected, arrived=arrived
+    )
 
 
 def test_fixed_policy_waits_the_rest_of_the_window() -> None:
@@ -93,6 +102,7 @@ def test_adaptive_policy_waits_only_while_requests_keep_coming() -> None:
     assert policy.wait_for_more(g(since=0.003)) == 0.0  # the arrivals stopped
     assert policy.wait_for_more(g(waited=0.0495, since=0.0)) == pytest.approx(0.0005)  # capped
     assert policy.wait_for_more(g(size=8, since=0.0)) == 0.0
+    assert policy.wait_for_more(g(since=0.0, expected=3, arrived=3)) == 0.0  # all came back
 
 
 def test_policies_by_name() -> None:
@@ -202,18 +212,28 @@ def test_adaptive_keeps_filling_while_producers_come_back() -> None:
     batcher, _, clock = make([(0.0, ["a", "b", "c", "d"])], policy=ADAPTIVE)
     assert batcher.next_batch(block=1.0) == ["a", "b", "c", "d"]
     clock.now = 1.0  # the encode of that batch
-    batcher.source.arrivals = [(1.0, ["e", "f"]), (1.001, ["g"]), (1.0025, ["h"]), (1.0125, ["late"])]
+    batcher.source.arrivals = [(1.001, ["e", "f"]), (1.0015, ["g"]), (1.0025, ["h"]), (1.0125, ["late"])]
     assert batcher.next_batch(block=1.0) == ["e", "f", "g", "h"]
-    assert clock.now == pytest.approx(1.0045, abs=0.0011)  # stopped one gap after "h"
+    assert clock.now == pytest.approx(1.0025, abs=0.0011)  # all four producers are back: go
     assert batcher.next_batch(block=1.0) == ["late"]
 
 
 def test_adaptive_stops_at_max_wait_even_if_arrivals_continue() -> None:
     stream = [(1.0 + i * 0.0015, [f"r{i}"]) for i in range(40)]
-    batcher, source, clock = make([(0.0, ["x", "y"])], policy=AdaptivePolicy(max_batch=64, max_wait_s=0.01))
+    first = [f"x{i}" for i in range(40)]
+    batcher, source, clock = make([(0.0, first)], policy=AdaptivePolicy(max_batch=64, max_wait_s=0.01))
     batcher.next_batch(block=1.0)
     clock.now = 1.0
     source.arrivals = stream
     batch = batcher.next_batch(block=1.0)
     assert 6 <= len(batch) <= 8  # 10 ms of arrivals every 1.5 ms
     assert clock.now == pytest.approx(1.01, abs=0.0011)
+
+
+def test_adaptive_waits_out_the_gap_when_fewer_come_back() -> None:
+    batcher, source, clock = make([(0.0, ["a", "b", "c", "d"])], policy=ADAPTIVE)
+    batcher.next_batch(block=1.0)
+    clock.now = 1.0
+    source.arrivals = [(1.0005, ["e"]), (1.001, ["f"]), (1.05, ["late"])]
+    assert batcher.next_batch(block=1.0) == ["e", "f"]
+    assert clock.now == pytest.approx(1.003, abs=0.0011)  # one gap (2 ms) after the last arrival
