@@ -62,6 +62,22 @@ class Cell:
     policy: str = ""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     elapsed_s: float = 0.0
+    steady: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    """(calls, seconds) of each run's steady middle, for throughput."""
+
+    def record(self, latencies: list[float], elapsed: float, done_at: list[float]) -> None:
+        """Add one closed-loop run."""
+        self.latencies_ms += latencies
+        self.elapsed_s += elapsed
+        if len(done_at) >= STEADY_MIN:
+            self.steady.append(steady_window(done_at))
+
+    def texts_per_s(self) -> float:
+        """Throughput: from the steady middles when there are any, else overall."""
+        calls, seconds = sum(c for c, _ in self.steady), sum(t for _, t in self.steady)
+        if calls and seconds > 0:
+            return calls * self.batch / seconds
+        return self.requests * self.batch / self.elapsed_s
 
     @property
     def requests(self) -> int:
@@ -69,7 +85,6 @@ class Cell:
 
     def summary(self) -> dict[str, Any]:
         xs = sorted(self.latencies_ms)
-        texts = self.requests * self.batch
         return {
             "mode": self.mode,
             "policy": self.policy,
@@ -82,8 +97,8 @@ class Cell:
             "p50_ms": percentile(xs, 50),
             "p95_ms": percentile(xs, 95),
             "max_ms": xs[-1],
-            "per_text_ms": self.elapsed_s * 1000 / texts,
-            "texts_per_s": texts / self.elapsed_s,
+            "per_text_ms": 1000 / self.texts_per_s(),
+            "texts_per_s": self.texts_per_s(),
         }
 
 
@@ -153,11 +168,25 @@ class Texts:
 # --- the three modes ----------------------------------------------------------------------------
 
 
+STEADY_MIN = 20
+"""Calls needed before throughput is taken from the steady middle of a run."""
+
+
+def steady_window(done_at: Sequence[float]) -> tuple[int, float]:
+    """Calls completed and seconds elapsed between the 10th and 90th percentile completions:
+    throughput without the ramp-up and the ragged end of a closed-loop run."""
+    xs = sorted(done_at)
+    a, b = len(xs) // 10, len(xs) - 1 - len(xs) // 10
+    return b - a, xs[b] - xs[a]
+
+
 def closed_loop(
     call: Callable[[], None], concurrency: int, requests: int, max_seconds: float
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, list[float]]:
     """``concurrency`` threads each calling ``call`` back to back until ``requests`` calls are done
-    or ``max_seconds`` passed; returns each call's latency (ms) and the wall time."""
+    or ``max_seconds`` passed; returns each call's latency (ms), the wall time, and each call's
+    completion time (perf_counter)."""
+    done_at: list[float] = []
     latencies: list[float] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + max_seconds
@@ -171,15 +200,16 @@ def closed_loop(
                 remaining[0] -= 1
             started = time.perf_counter()
             call()
-            took = (time.perf_counter() - started) * 1000
+            finished = time.perf_counter()
             with lock:
-                latencies.append(took)
+                latencies.append((finished - started) * 1000)
+                done_at.append(finished)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(loop) for _ in range(concurrency)]:
             f.result()
-    return latencies, time.perf_counter() - started
+    return latencies, time.perf_counter() - started, done_at
 
 
 class InProcess:
@@ -225,8 +255,8 @@ def measure_inproc(
     )
     if warm:
         enc.encode(texts.take(length, batch))  # warm this shape
-    cell.latencies_ms, cell.elapsed_s = closed_loop(
-        lambda: enc.encode(texts.take(length, batch)), concurrency, plan_requests, max_seconds
+    cell.record(
+        *closed_loop(lambda: enc.encode(texts.take(length, batch)), concurrency, plan_requests, max_seconds)
     )
     return cell
 
@@ -256,9 +286,11 @@ def measure_queue(
         if pause_s:
             time.sleep(pause_s)  # let the worker go idle between lone requests
 
-    cell.latencies_ms, cell.elapsed_s = closed_loop(one, concurrency, requests, max_seconds)
-    if pause_s:
-        cell.elapsed_s -= pause_s * cell.requests  # throughput of the requests, not of the pauses
+    latencies, elapsed, done_at = closed_loop(one, concurrency, requests, max_seconds)
+    if pause_s:  # throughput of the requests, not of the pauses
+        elapsed -= pause_s * len(latencies)
+        done_at = []
+    cell.record(latencies, elapsed, done_at)
     return cell
 
 
@@ -438,6 +470,7 @@ def measure_targets(
             else:
                 cells[key].latencies_ms += cell.latencies_ms
                 cells[key].elapsed_s += cell.elapsed_s
+                cells[key].steady += cell.steady
 
         for _ in range(ROUNDS):
             add("inproc_bs8", measure_inproc(enc, texts, "short", 8, 1, per_round, 600, "inproc"))

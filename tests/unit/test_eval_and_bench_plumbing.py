@@ -150,6 +150,16 @@ def test_percentile_and_cell_summary() -> None:
     assert (s["requests"], s["texts_per_s"], s["per_text_ms"]) == (20, 40.0, 25.0)
 
 
+def test_throughput_comes_from_the_steady_middle() -> None:
+    # 100 calls: a slow start and a ragged end around 80 calls at 10 per second
+    done = [0.5 * i for i in range(10)] + [5 + 0.1 * i for i in range(80)] + [13 + 0.5 * i for i in range(10)]
+    calls, seconds = bench.steady_window(done)
+    assert calls / seconds == pytest.approx(10.0, rel=0.01)
+    cell = bench.Cell("queue", 2, "short", 8, 10)
+    cell.record([1.0] * 100, 20.0, done)
+    assert cell.texts_per_s() == pytest.approx(80.0, rel=0.01)
+
+
 def test_texts_are_distinct_per_request(tmp_path: Path) -> None:
     path = tmp_path / "texts.txt"
     path.write_text("짧은 질문\n" + "긴 문서 " * 30 + "\n", encoding="utf-8")
