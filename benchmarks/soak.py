@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from producer import EmbeddingClient
-from tests.support.servers import RedisServer, WorkerProcess
+from worker.local import RedisServer, WorkerProcess
 
 QUERIES = [
     "연남 카페 추천해줘",

@@ -3,62 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import redis.asyncio
 
-from .call import ENQUEUE_SCRIPT, Call, check_pushed, describe, push_slices, redis_errors
-from .client import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, connection_options
-from .protocol import DEFAULT_QUEUE, Keys
+from .base import ClientBase
+from .call import Call, check_pushed, push_slices, redis_errors
 
 
-class AsyncEmbeddingClient:
+class AsyncEmbeddingClient(ClientBase):
     """Embeds texts through the embedq workers without blocking the event loop."""
 
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        *,
-        queue: str = DEFAULT_QUEUE,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int | None = DEFAULT_MAX_QUEUE,
-    ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self.redis = client
-        self.max_queue = max_queue
-        self._enqueue = client.register_script(ENQUEUE_SCRIPT)
-        self.keys = Keys(queue)
-        self.timeout = timeout
-        self.max_batch = max_batch
-        self._where = describe(client.connection_pool.connection_kwargs)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str = "redis://localhost:6379/0",
-        *,
-        queue: str = DEFAULT_QUEUE,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int | None = DEFAULT_MAX_QUEUE,
-        **redis_options: Any,
-    ) -> AsyncEmbeddingClient:
-        """A client on its own connection pool; ``redis_options`` override the socket settings."""
-        options = {**connection_options(timeout), **redis_options}
-        return cls(
-            redis.asyncio.Redis.from_url(url, **options),
-            queue=queue,
-            timeout=timeout,
-            max_batch=max_batch,
-            max_queue=max_queue,
-        )
-
-    def call(self, texts: Sequence[str], kind: str = "query") -> Call:
-        """A call for ``texts`` (split into max-batch requests), not yet sent."""
-        return Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+    redis_class = redis.asyncio.Redis
 
     async def send(self, *calls: Call) -> None:
         """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue

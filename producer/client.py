@@ -3,90 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError
-from redis.retry import Retry
 
-from .call import ENQUEUE_SCRIPT, Call, check_pushed, describe, push_slices, redis_errors
-from .protocol import DEFAULT_QUEUE, Keys
+from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, ClientBase, connection_options
+from .call import Call, check_pushed, push_slices, redis_errors
 
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_QUEUE = 10_000
-SOCKET_GRACE = 1.0
-"""Socket timeout beyond the call timeout: a blocking pop ends by itself first (Redis answers
-within ~0.1 s of its timeout); a silently dropped connection ends by the socket soon after."""
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_TIMEOUT",
+    "EmbeddingClient",
+    "connection_options",
+]
 
 
-def connection_options(timeout: float) -> dict[str, Any]:
-    """redis-py options under which a dead peer or a dropped connection cannot hang a call.
-
-    One retry, on connection errors only, renews a pooled connection that Redis closed (a
-    restart); timeouts are never retried, so a call never waits much past its timeout.
-    """
-    return {
-        "socket_timeout": timeout + SOCKET_GRACE,
-        "socket_connect_timeout": min(timeout, 5.0),
-        "socket_keepalive": True,
-        "health_check_interval": 30,
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(ConnectionError,)),
-    }
-
-
-class EmbeddingClient:
+class EmbeddingClient(ClientBase):
     """Embeds texts through the embedq workers; thread-safe (redis-py pools connections).
 
     ``timeout`` bounds each call end to end: it is also the requests' deadline, after which a
     worker drops them instead of encoding for nobody.
     """
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        queue: str = DEFAULT_QUEUE,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int | None = DEFAULT_MAX_QUEUE,
-    ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self.redis = client
-        self.max_queue = max_queue
-        self._enqueue = client.register_script(ENQUEUE_SCRIPT)
-        self.keys = Keys(queue)
-        self.timeout = timeout
-        self.max_batch = max_batch
-        self._where = describe(client.connection_pool.connection_kwargs)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str = "redis://localhost:6379/0",
-        *,
-        queue: str = DEFAULT_QUEUE,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int | None = DEFAULT_MAX_QUEUE,
-        **redis_options: Any,
-    ) -> EmbeddingClient:
-        """A client on its own connection pool; ``redis_options`` override the socket settings."""
-        options = {**connection_options(timeout), **redis_options}
-        return cls(
-            redis.Redis.from_url(url, **options),
-            queue=queue,
-            timeout=timeout,
-            max_batch=max_batch,
-            max_queue=max_queue,
-        )
-
-    def call(self, texts: Sequence[str], kind: str = "query") -> Call:
-        """A call for ``texts`` (split into max-batch requests), not yet sent."""
-        return Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+    redis_class = redis.Redis
 
     def send(self, *calls: Call) -> None:
         """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue

@@ -128,6 +128,17 @@ class SentenceTransformerEncoder:
             getattr(module, "include_prompt", True) is False for module in self.model
         )
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SentenceTransformerEncoder:
+        """The encoder a worker with these settings uses."""
+        return cls(
+            settings.model,
+            device=settings.device,
+            threads=settings.threads,
+            query_prefix=settings.query_prefix,
+            passage_prefix=settings.passage_prefix,
+        )
+
     def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
         """Vectors for texts of mixed kinds, in order; one model call unless prompts are pooled apart."""
         if not self._prompt_outside_pooling:
@@ -160,10 +171,4 @@ def build_encoder(settings: Settings) -> Encoder:
             raise ValueError(f"EMBED_ENCODER must look like 'module:callable', got {settings.encoder!r}")
         factory = getattr(importlib.import_module(module_name), attr)
         return factory(settings)
-    return SentenceTransformerEncoder(
-        settings.model,
-        device=settings.device,
-        threads=settings.threads,
-        query_prefix=settings.query_prefix,
-        passage_prefix=settings.passage_prefix,
-    )
+    return SentenceTransformerEncoder.from_settings(settings)

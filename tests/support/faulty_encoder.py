@@ -31,11 +31,5 @@ class FaultyEncoder(SentenceTransformerEncoder):
         return super().encode(texts, kinds)
 
 
-def build(settings: Settings) -> FaultyEncoder:
-    return FaultyEncoder(
-        settings.model,
-        device=settings.device,
-        threads=settings.threads,
-        query_prefix=settings.query_prefix,
-        passage_prefix=settings.passage_prefix,
-    )
+def build(settings: Settings) -> SentenceTransformerEncoder:
+    return FaultyEncoder.from_settings(settings)
