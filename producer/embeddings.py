@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .aio import AsyncEmbeddingClient
-from .client import DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, EmbeddingClient
+from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT
+from .client import EmbeddingClient
 from .protocol import DEFAULT_QUEUE
 
 try:
@@ -34,12 +35,14 @@ class EmbedqEmbeddings(_Base):
         queue: str = DEFAULT_QUEUE,
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
         **redis_options: Any,
     ) -> None:
         self._options: dict[str, Any] = {
             "queue": queue,
             "timeout": timeout,
             "max_batch": max_batch,
+            "max_queue": max_queue,
             **redis_options,
         }
         self.url = url
