@@ -134,11 +134,11 @@ class Plan:
             batches=(1, 8),
             concurrency=(1, 10),
             lengths=("short",),
-            requests=30,
-            max_seconds=3.0,
-            target_requests=160,
+            requests=24,
+            max_seconds=2.0,
+            target_requests=128,
             policies=("adaptive", "fixed-50ms"),
-            overhead_batches=50,
+            overhead_batches=30,
         )
 
 
