@@ -27,5 +27,9 @@ USER embedq
 ENV HF_HUB_OFFLINE=1 \
     EMBEDDING_MODEL=$MODEL \
     EMBED_THREADS=2 \
-    EMBED_DEVICE=cpu
+    EMBED_DEVICE=cpu \
+    EMBED_METRICS_PORT=9100
+EXPOSE 9100
+# Fresh heartbeat of this container's worker (ids default to hostname-pid).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["embedq-worker", "health"]
 CMD ["embedq-worker"]

@@ -73,7 +73,7 @@ class AdaptivePolicy(BatchPolicy):
     many have arrived or arrivals pause for ``gap_s``. Still capped at ``max_batch`` texts and
     ``max_wait_s``."""
 
-    gap_s: float = 0.003
+    gap_s: float = 0.006
 
     def wait_for_more(self, g: Gathering) -> float:
         """Seconds more to wait: while warm, some expected producers are still out, and the last

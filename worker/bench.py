@@ -519,6 +519,12 @@ def measure_targets(
     }
 
 
+def model_label(model: str) -> str:
+    """A short name for a hub id or a local path (the bundled model lives in .../<package>/model)."""
+    parts = [p for p in Path(model).parts if p not in ("/", "model")]
+    return parts[-1] if os.path.exists(model) and parts else model
+
+
 def fmt(cell: Cell) -> str:
     s = cell.summary()
     return (
@@ -541,7 +547,7 @@ def markdown(result: dict[str, Any]) -> str:
     """The report: machine, targets per policy, then the sweep."""
     m, t = result["machine"], result["targets"]
     lines = [
-        f"# embedq bench: {Path(result['model']).name}",
+        f"# embedq bench: {model_label(result['model'])}",
         "",
         f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}, "
         f"sentence-transformers {m['sentence_transformers']}, redis-py {m['redis_py']}; {m['date']}.",
@@ -647,7 +653,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
         title=f"per-text cost vs batch size ({threads} threads)",
     )
     right.legend()
-    fig.suptitle(f"embedq bench: {Path(result['model']).name} on {result['machine']['cpu']}")
+    fig.suptitle(f"embedq bench: {model_label(result['model'])} on {result['machine']['cpu']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -50,13 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr, with time and level."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """One line per event on stderr: text with time and level, or JSON."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def connect(settings: Settings, *, socket_timeout: float) -> redis.Redis:
@@ -79,6 +98,9 @@ def run(settings: Settings) -> int:
     encoder = build_encoder(settings)
     worker = Worker(settings, encoder, connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0))
     worker.warm_up()
+    if settings.metrics_port:
+        worker.metrics.serve(settings.metrics_port)
+        log.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
 
     def give_up() -> None:
         log.error(
@@ -171,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "health":
         explicit = overrides.get("worker_id") is not None or ENV["worker_id"] in os.environ
         return health(settings, explicit_id=explicit, any_worker=any_worker)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if command == "reap":
         return reap(settings)
     return run(settings)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ from producer.protocol import Reply
 
 from .batching import Batcher, make_policy
 from .encoder import Encoder
+from .metrics import Metrics
 from .presence import Presence
 from .reaper import Reaper
 from .redis_queue import DeadLetter, RedisQueue, Taken
@@ -65,7 +65,8 @@ class Worker:
             gap_s=settings.batch_gap_ms / 1000.0,
         )
         self.batcher: Batcher[Taken] = Batcher(self.policy, self.queue, lambda t: t.size)
-        self.counts: Counter[str] = Counter()
+        self.metrics = Metrics()
+        self.counts = self.metrics.counts
         self.batches = 0
         self._stopping = False
         self._next_reap = 0.0
@@ -112,6 +113,7 @@ class Worker:
             "prefixes": dict(e.prefixes),
             "batches": self.batches,
             "counts": dict(self.counts),
+            "last_minute": self.metrics.last_minute(),
         }
 
     def run(self) -> None:
@@ -127,7 +129,9 @@ class Worker:
     def tick(self) -> None:
         """One turn of the loop: a batch (or an idle wait), the heartbeat, a reaper pass if due."""
         self.serve_once()
-        self.presence.beat(self.info())
+        if self.presence.due():
+            self.presence.beat(self.info())
+            self.metrics.depth.labels("online").set(self.queue.depth())
         now = time.monotonic()
         if now >= self._next_reap:
             self._next_reap = now + self.settings.reap_interval
@@ -141,7 +145,24 @@ class Worker:
                 moved,
                 self.settings.worker_id,
             )
-        self.presence.beat(self.info(), force=True)
+        self.presence.beat(self.info())
+        self.metrics.describe(
+            {
+                k: v
+                for k, v in self.info().items()
+                if k
+                in (
+                    "model",
+                    "dim",
+                    "device",
+                    "threads",
+                    "max_batch",
+                    "batch_policy",
+                    "batch_wait_ms",
+                    "queue",
+                )
+            }
+        )
 
     def _leave(self) -> None:
         held = self.batcher.drain()
@@ -194,14 +215,14 @@ class Worker:
             if item.rejected is not None:
                 rej = item.rejected
                 log.warning("refused a request (%s): %s", rej.code, rej.message)
-                self.counts["error"] += 1
                 if rej.request_id is None:
-                    self.counts["dead"] += 1
+                    self.metrics.outcome("dead")
                     dead.append(DeadLetter(rej.message, rej.code, item.raw, worker_id))
                 else:
+                    self.metrics.outcome("error")
                     replies.append(self._error(rej.request_id, rej.code, rej.message))
             elif item.request is not None and item.request.deadline < now:
-                self.counts["expired"] += 1  # its producer has stopped waiting: skip the encode
+                self.metrics.outcome("expired")  # its producer has stopped waiting: skip the encode
             else:
                 live.append(item)
         encode_ms = 0.0
@@ -213,12 +234,11 @@ class Worker:
                 for (item, why), attempts in zip(failed, totals, strict=True):
                     assert item.request is not None
                     if attempts < self.settings.max_attempts:
-                        self.counts["retried"] += 1
+                        self.metrics.outcome("retried")
                         retry.append(item)
                         continue
                     message = f"{why} (gave up after {attempts} attempts)"
-                    self.counts["error"] += 1
-                    self.counts["dead"] += 1
+                    self.metrics.outcome("dead")
                     replies.append(self._error(item.request.id, "encode_failed", message))
                     dead.append(DeadLetter(message, "encode_failed", item.raw, worker_id, item.request.id))
         started = time.perf_counter()
@@ -247,7 +267,7 @@ class Worker:
         vectors, failures = self._encode(texts, kinds)
         encode_ms = (time.perf_counter() - started) * 1000.0
         self.batches += 1
-        self.counts["texts"] += len(texts)
+        self.metrics.batch(len(texts), encode_ms / 1000.0)
 
         replies: list[Reply] = []
         failed: list[tuple[Taken, str]] = []
@@ -261,12 +281,14 @@ class Worker:
             if bad:
                 failed.append((item, f"text {bad[0] - rows.start} could not be encoded: {failures[bad[0]]}"))
                 continue
-            self.counts["ok"] += 1
+            queue_ms = max(0.0, (item.taken_at - request.sent_at) * 1000.0)
+            self.metrics.outcome("ok")
+            self.metrics.answered(queue_ms, encode_ms)
             replies.append(
                 Reply(
                     id=request.id,
                     vectors=vectors[rows.start : rows.stop],
-                    queue_ms=max(0.0, (item.taken_at - request.sent_at) * 1000.0),
+                    queue_ms=queue_ms,
                     encode_ms=encode_ms,
                     batch_size=len(texts),
                     worker=self.settings.worker_id,

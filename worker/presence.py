@@ -31,11 +31,12 @@ class Presence:
         self.started = time.time()
         self._last = 0.0
 
-    def beat(self, info: Mapping[str, Any], *, force: bool = False) -> bool:
-        """Refresh the heartbeat if due (or ``force``); returns whether it wrote."""
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return False
+    def due(self) -> bool:
+        """True when the heartbeat should be written again."""
+        return time.monotonic() - self._last >= self.interval
+
+    def beat(self, info: Mapping[str, Any]) -> None:
+        """Write the heartbeat now (with ``info``) and register the worker."""
         body = {
             **info,
             "worker": self.worker_id,
@@ -48,8 +49,7 @@ class Presence:
         pipe.set(self.keys.heartbeat(self.worker_id), msgpack.packb(body, use_bin_type=True), px=self.ttl_ms)
         pipe.sadd(self.keys.workers, self.worker_id)
         pipe.execute()
-        self._last = now
-        return True
+        self._last = time.monotonic()
 
     def leave(self) -> None:
         """Deregister on a clean exit: nothing is left for a reaper to do."""

@@ -35,7 +35,7 @@ class Settings:
     """The longest a batch waits for more requests after its first arrived."""
     batch_policy: str = "adaptive"
     """``adaptive``: wait only while requests keep arriving; ``fixed``: always wait out the window."""
-    batch_gap_ms: float = 3.0
+    batch_gap_ms: float = 6.0
     """Adaptive policy: stop waiting once no request arrived for this long."""
     max_text_chars: int = 8192
     query_prefix: str | None = None
@@ -55,6 +55,10 @@ class Settings:
     """``module:callable`` building the encoder from these settings; empty: sentence-transformers."""
     worker_id: str = field(default_factory=_default_worker_id)
     log_level: str = "INFO"
+    log_format: str = "text"
+    """``text`` for people, ``json`` (one object per line) for log shippers."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics on this port; 0: off."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -70,6 +74,8 @@ class Settings:
             "heartbeat_ttl": self.heartbeat_ttl >= 0.5,
             "reap_interval": self.reap_interval > 0,
             "shutdown_timeout": self.shutdown_timeout > 0,
+            "log_format": self.log_format in ("text", "json"),
+            "metrics_port": 0 <= self.metrics_port < 65536,
         }
         for name, ok in checks.items():
             if not ok:
@@ -126,6 +132,8 @@ ENV: dict[str, str] = {
     "encoder": "EMBED_ENCODER",
     "worker_id": "EMBED_WORKER_ID",
     "log_level": "EMBED_LOG_LEVEL",
+    "log_format": "EMBED_LOG_FORMAT",
+    "metrics_port": "EMBED_METRICS_PORT",
 }
 """Setting name -> environment variable."""
 

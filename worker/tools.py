@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=DEFAULT_RESULTS, help=f"report folder (default {DEFAULT_RESULTS})"
     )
 
+    st = sub.add_parser("status", help="queue depths, live workers, requests/s and p95 of the last minute")
+    st.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
+    st.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", "embed:requests"))
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
     ev = sub.add_parser("eval", help="Recall@1/5/10 and MRR@10, in-process and through the queue")
     ev.add_argument("data", help="JSONL of query/passage pairs, or a SQuAD-format JSON (e.g. KorQuAD)")
     ev.add_argument("--sample", type=int, default=500, help="queries to sample (default 500)")
@@ -174,12 +179,31 @@ def _queue_vectors(ns: argparse.Namespace, model: str, data: object, prefixes: d
         server.stop()
 
 
+def cmd_status(ns: argparse.Namespace) -> int:
+    import json
+
+    import redis
+
+    from .status import collect, render
+
+    try:
+        client = redis.Redis.from_url(ns.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        report = collect(client, ns.queue)
+    except redis.exceptions.RedisError as exc:
+        print(f"embedq status: cannot read {ns.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1) if ns.json else render(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``embedq``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ns = build_parser().parse_args(argv)
     if ns.command == "bench":
         return cmd_bench(ns)
+    if ns.command == "status":
+        return cmd_status(ns)
     return cmd_eval(ns)
 
 

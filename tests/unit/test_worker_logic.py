@@ -144,7 +144,8 @@ def test_failing_batch_is_retried_text_by_text(r: fakeredis.FakeRedis) -> None:
     np.testing.assert_array_equal(reply_of(r, a).vectors, fake_vector("query", "fine")[None])
     np.testing.assert_array_equal(reply_of(r, b).vectors, fake_vector("passage", "ok")[None])
     assert encoder.calls == [4, 1, 1, 1, 1]
-    assert worker.counts["error"] == 1
+    assert worker.counts["dead"] == 1
+    assert worker.counts["ok"] == 2
 
 
 def test_encoder_returning_garbage_is_an_error_not_a_crash(r: fakeredis.FakeRedis) -> None:

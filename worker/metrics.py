@@ -1,0 +1,90 @@
+"""What a worker reports: Prometheus metrics (``--metrics-port``) and a one-minute window of
+request latencies for ``embedq status``. Names are prefixed ``embedq_``."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, start_http_server
+from prometheus_client import Counter as PromCounter
+
+OUTCOMES = ("ok", "error", "expired", "dead", "retried")
+"""What became of a request taken off the queue, exactly one each: ``ok`` vectors; ``error`` an
+error reply; ``expired`` dropped unencoded past its deadline; ``dead`` dead-lettered (with an
+error reply when it had an id); ``retried`` put back for another attempt."""
+
+WINDOW_S = 60.0
+
+
+class Metrics:
+    """Counters and histograms of one worker, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = PromCounter("embedq_requests", "Requests taken, by outcome", ["outcome"], registry=r)
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome)
+        self.texts = PromCounter("embedq_texts_encoded", "Texts encoded", registry=r)
+        self.batch_size = Histogram(
+            "embedq_batch_size",
+            "Texts per encode",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "embedq_queue_wait_seconds",
+            "From a request's sending to a worker taking it",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.encode = Histogram(
+            "embedq_encode_seconds",
+            "Encode time per batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.depth = Gauge("embedq_queue_depth", "Requests waiting, by queue", ["queue"], registry=r)
+        self.info = Info("embedq_worker", "Model and settings of this worker", registry=r)
+        self.counts: Counter[str] = Counter()
+        self._recent: deque[tuple[float, float]] = deque()
+
+    def describe(self, info: Mapping[str, object]) -> None:
+        """Set the info metric (model, dimension, device, threads, ...)."""
+        self.info.info({k: str(v) for k, v in info.items()})
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on ``port`` (a daemon thread)."""
+        start_http_server(port, registry=self.registry)
+
+    def outcome(self, outcome: str, n: int = 1) -> None:
+        """Count ``n`` requests with this outcome."""
+        self.requests.labels(outcome).inc(n)
+        self.counts[outcome] += n
+
+    def batch(self, texts: int, encode_s: float) -> None:
+        """One encode of ``texts`` texts."""
+        self.texts.inc(texts)
+        self.counts["texts"] += texts
+        self.batch_size.observe(texts)
+        self.encode.observe(encode_s)
+
+    def answered(self, queue_ms: float, encode_ms: float) -> None:
+        """One request answered with vectors after waiting ``queue_ms`` in the queue."""
+        self.queue_wait.observe(queue_ms / 1000.0)
+        now = time.monotonic()
+        self._recent.append((now, queue_ms + encode_ms))
+        while self._recent and self._recent[0][0] < now - WINDOW_S:
+            self._recent.popleft()
+
+    def last_minute(self) -> dict[str, float]:
+        """Requests answered in the last minute and their p95 latency inside the worker
+        (queue wait + encode), for ``embedq status``."""
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - WINDOW_S:
+            self._recent.popleft()
+        latencies = sorted(lat for _, lat in self._recent)
+        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else 0.0
+        return {"requests": len(latencies), "p95_ms": round(p95, 2), "window_s": WINDOW_S}

@@ -1,0 +1,88 @@
+"""``embedq status``: what an operator looks at first, read from Redis alone."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from producer.protocol import Keys
+
+from .presence import dead_workers, live_workers
+
+
+def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
+    """Queue depths, live and unreaped dead workers, last-minute traffic, dead letters."""
+    keys = Keys(queue)
+    live = live_workers(client, keys)
+    dead = dead_workers(client, keys)
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.queue)
+    pipe.llen(keys.dead)
+    for worker_id in [*live, *dead]:
+        pipe.llen(keys.processing(worker_id))
+    queued, dead_letters, *held = pipe.execute()
+    holding = dict(zip([*live, *dead], held, strict=True))
+    now = time.time()
+    workers = []
+    for worker_id, info in live.items():
+        minute = info.get("last_minute", {})
+        workers.append(
+            {
+                "id": worker_id,
+                "model": info.get("model"),
+                "dim": info.get("dim"),
+                "device": info.get("device"),
+                "threads": info.get("threads"),
+                "max_batch": info.get("max_batch"),
+                "batch_policy": info.get("batch_policy"),
+                "batch_wait_ms": info.get("batch_wait_ms"),
+                "holding": holding[worker_id],
+                "beat_age_s": round(now - float(info.get("beat", now)), 1),
+                "uptime_s": round(now - float(info.get("started", now))),
+                "batches": info.get("batches", 0),
+                "counts": info.get("counts", {}),
+                "last_minute": minute,
+            }
+        )
+    window = max((w["last_minute"].get("window_s", 60.0) for w in workers), default=60.0)
+    answered = sum(int(w["last_minute"].get("requests", 0)) for w in workers)
+    return {
+        "queue": queue,
+        "depth": {"online": queued, "in_progress": sum(holding.values())},
+        "dead_letters": dead_letters,
+        "workers": workers,
+        "dead_workers": [{"id": w, "holding": holding[w]} for w in dead],
+        "last_minute": {
+            "requests_per_s": round(answered / window, 2),
+            "p95_ms": max((float(w["last_minute"].get("p95_ms", 0.0)) for w in workers), default=0.0),
+        },
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as a few lines of text."""
+    d, m = report["depth"], report["last_minute"]
+    lines = [
+        f"queue {report['queue']!r}: {d['online']} waiting, {d['in_progress']} being encoded; "
+        f"{report['dead_letters']} dead letter(s)",
+        f"last minute: {m['requests_per_s']:.2f} requests/s, p95 {m['p95_ms']:.1f} ms in the worker "
+        "(queue wait + encode; the slowest worker's)",
+        f"{len(report['workers'])} live worker(s):",
+    ]
+    for w in report["workers"]:
+        c = w["counts"]
+        lines.append(
+            f"  {w['id']}: {w['model']} dim={w['dim']} {w['device']} threads={w['threads']} "
+            f"batch<={w['max_batch']} {w['batch_policy']}/{w['batch_wait_ms']}ms | holding {w['holding']}, "
+            f"{w['batches']} batches, ok={c.get('ok', 0)} error={c.get('error', 0)} "
+            f"expired={c.get('expired', 0)} dead={c.get('dead', 0)} | "
+            f"{w['last_minute'].get('requests', 0)} req/min p95 {w['last_minute'].get('p95_ms', 0)} ms | "
+            f"beat {w['beat_age_s']}s ago, up {w['uptime_s']}s"
+        )
+    for w in report["dead_workers"]:
+        lines.append(
+            f"  {w['id']}: DEAD (heartbeat expired), holding {w['holding']}: the reaper will requeue"
+        )
+    return "\n".join(lines)
