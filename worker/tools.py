@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import model_label as bench_model_label
+
 DEFAULT_RESULTS = Path("benchmarks/results")
 
 
@@ -129,7 +131,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         q = local.encode(data.queries, "query")
         p = local.encode(data.corpus, "passage")
         top, scores = ev.rankings(q, p)
-        name = Path(model).name if os.path.exists(model) else model
+        name = bench_model_label(model)
         rows.append(("in-process", name, ev.metrics(top, data.positives)))
         print(
             f"in-process {name}: prefixes {local.encoder.prefixes} ({local.encoder.prefix_source})",
