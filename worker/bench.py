@@ -168,7 +168,7 @@ class Texts:
 # --- the three modes ----------------------------------------------------------------------------
 
 
-STEADY_MIN = 20
+STEADY_MIN = 10
 """Calls needed before throughput is taken from the steady middle of a run."""
 
 
