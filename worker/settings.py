@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from producer.protocol import DEFAULT_QUEUE, Keys, Limits
@@ -104,10 +104,6 @@ class Settings:
                 values[name] = _parse(name, var, env[var], _PARSERS[types[name]])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
-
-    def with_(self, **changes: Any) -> Settings:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
 
 ENV: dict[str, str] = {

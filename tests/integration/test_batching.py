@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from producer import Call, EmbeddingClient
+from tests.support.fake_encoder import CallRecorder
 from tests.support.servers import RedisServer, WorkerProcess, bundled_model_path
 from worker.encoder import SentenceTransformerEncoder
 from worker.loop import Worker
@@ -26,21 +27,11 @@ class RecordingEncoder(SentenceTransformerEncoder):
 
     def __init__(self) -> None:
         super().__init__(bundled_model_path(), threads=2, query_prefix="query: ", passage_prefix="passage: ")
-        self.sizes: list[int] = []
-        self.active = 0
-        self.max_active = 0
-        self._lock = threading.Lock()
+        self.recorder = CallRecorder()
 
     def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            self.sizes.append(len(texts))
-        try:
+        with self.recorder.recording(len(texts)):
             return super().encode(texts, kinds)
-        finally:
-            with self._lock:
-                self.active -= 1
 
 
 def hammer(client: EmbeddingClient, producers: int, each: int) -> list[Call]:
@@ -88,9 +79,10 @@ def test_worker_loop_never_encodes_twice_at_once_or_over_max_batch(redis_server:
         worker.stop()
         thread.join(10)
     assert not thread.is_alive()
-    assert encoder.max_active == 1
-    assert max(encoder.sizes) <= 8
-    assert sum(encoder.sizes) == len(calls) + 30  # every text encoded exactly once
-    assert max(encoder.sizes) > 1
+    sizes = encoder.recorder.calls
+    assert encoder.recorder.max_active == 1
+    assert max(sizes) <= 8
+    assert sum(sizes) == len(calls) + 30  # every text encoded exactly once
+    assert max(sizes) > 1
     assert len(docs) == 30
     assert worker.counts["ok"] == len(calls) + 4

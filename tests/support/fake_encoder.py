@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -20,6 +21,28 @@ def fake_vector(kind: str, text: str, dim: int = 8) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+class CallRecorder:
+    """Records each encode call's size and the most calls ever running at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def recording(self, size: int) -> Iterator[None]:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.calls.append(size)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
 class FakeEncoder:
     """Implements the worker's ``Encoder`` protocol; records batch sizes and concurrency."""
 
@@ -28,22 +51,20 @@ class FakeEncoder:
         self.dim = dim
         self.prefixes = {"query": "query: ", "passage": "passage: "}
         self.delay = delay
-        self.calls: list[int] = []
-        self.active = 0
-        self.max_active = 0
-        self._lock = threading.Lock()
+        self.recorder = CallRecorder()
+
+    @property
+    def calls(self) -> list[int]:
+        return self.recorder.calls
+
+    @property
+    def max_active(self) -> int:
+        return self.recorder.max_active
 
     def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            self.calls.append(len(texts))
-        try:
+        with self.recorder.recording(len(texts)):
             if self.delay:
                 time.sleep(self.delay)
             if any(POISON in t for t in texts):
                 raise RuntimeError("the model cannot encode this text")
             return np.stack([fake_vector(k, t, self.dim) for k, t in zip(kinds, texts, strict=True)])
-        finally:
-            with self._lock:
-                self.active -= 1
