@@ -38,7 +38,8 @@ class Keys:
     """Every Redis key name of one deployment, derived from the request queue's name.
 
     The queue ``embed:requests`` gives the namespace ``embed``: replies at ``embed:reply:<id>``,
-    the dead-letter list ``embed:dead``, a worker's in-flight list ``embed:processing:<worker>``.
+    the dead-letter list ``embed:dead``, a worker's in-flight list ``embed:processing:<worker>``,
+    bulk requests at ``embed:bulk``.
     Two deployments on one Redis stay apart by choosing two queue names.
     """
 
@@ -66,8 +67,21 @@ class Keys:
         return self.reply_prefix + request_id
 
     def processing(self, worker_id: str) -> str:
-        """The list holding the requests one worker has taken and not yet answered."""
+        """The list holding the online requests one worker has taken and not yet answered."""
         return f"{self.namespace}:processing:{worker_id}"
+
+    @property
+    def bulk(self) -> str:
+        """The low-priority request list of bulk jobs: served only while no online request waits."""
+        return f"{self.namespace}:bulk"
+
+    def bulk_processing(self, worker_id: str) -> str:
+        """The list holding the bulk request one worker has taken and not yet answered."""
+        return f"{self.namespace}:bulk-processing:{worker_id}"
+
+    def lanes(self, worker_id: str) -> list[tuple[str, str]]:
+        """(request list, that worker's processing list) for the online and the bulk lane."""
+        return [(self.queue, self.processing(worker_id)), (self.bulk, self.bulk_processing(worker_id))]
 
     @property
     def workers(self) -> str:
@@ -170,6 +184,8 @@ class Limits:
 
     max_texts: int = 8
     max_text_chars: int = 8192
+    texts_setting: str = "EMBED_MAX_BATCH"
+    """The worker setting that sets ``max_texts``, named in the refusal."""
 
 
 def _describe(value: Any) -> str:
@@ -226,7 +242,7 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
         raise reject(
             "too_many_texts",
             f"request has {len(texts)} texts; this worker accepts at most {limits.max_texts} "
-            "per request (EMBED_MAX_BATCH): split it",
+            f"per request ({limits.texts_setting}): split it",
         )
     for i, text in enumerate(texts):
         if not isinstance(text, str):

@@ -138,7 +138,7 @@ class Batcher(Generic[T]):
     def next_batch(self, *, block: float) -> list[T]:
         """The next batch; empty when nothing arrived within ``block`` seconds."""
         started = self.clock()
-        previous, self._last_count = self._last_count, 0
+        previous = self._last_count
         items: list[T] = []
         size = 0
         first_arrival: float | None = None
@@ -164,6 +164,8 @@ class Batcher(Generic[T]):
         if not items:
             got = self.source.take(self.policy.max_batch, block=block)
             if not got:
+                if block > 0:  # a real idle wait: whoever sent the last batch is not coming back
+                    self._last_count = 0
                 return []
             now = self.clock()
             if now - started > BLOCKED_S:  # nothing was queued: these just arrived

@@ -27,8 +27,13 @@ from .settings import Settings
 
 log = logging.getLogger("embedq.worker")
 
-IDLE_BLOCK_S = 1.0
-"""How long one blocking take waits for a first request before the loop checks for a stop."""
+IDLE_BLOCK_S = 0.25
+"""How long one blocking take waits for a first online request before the loop looks at the
+bulk list again (a bulk request cannot wake it) and checks for a stop."""
+BULK_LINGER_S = 0.5
+"""After a bulk batch, poll both lists this long instead of blocking on the online one (which
+a bulk request would not wake): a bulk job's next request is usually milliseconds away."""
+BULK_POLL_S = 0.002
 BACKOFF_MAX_S = 2.0
 """Cap of the wait between reconnection attempts while Redis is unreachable."""
 
@@ -48,6 +53,15 @@ class Worker:
             limits=settings.limits,
             reply_ttl=settings.reply_ttl,
             dead_max=settings.dead_max,
+        )
+        self.bulk = RedisQueue(
+            client,
+            keys,
+            settings.worker_id,
+            limits=settings.bulk_limits,
+            reply_ttl=settings.reply_ttl,
+            dead_max=settings.dead_max,
+            bulk=True,
         )
         self.presence = Presence(client, keys, settings.worker_id, ttl=settings.heartbeat_ttl)
         self.reaper = Reaper(
@@ -70,6 +84,7 @@ class Worker:
         self.batches = 0
         self._stopping = False
         self._next_reap = 0.0
+        self._bulk_seen = -BULK_LINGER_S
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -92,7 +107,8 @@ class Worker:
         source = getattr(e, "prefix_source", "encoder")
         return (
             f"worker {s.worker_id} ready: model={e.name} dim={e.dim} device={s.device} "
-            f"threads={s.threads} max_batch={s.max_batch} batch_policy={s.batch_policy} "
+            f"threads={s.threads} max_batch={s.max_batch} bulk_max_batch={s.bulk_max_batch} "
+            f"batch_policy={s.batch_policy} "
             f"batch_wait_ms={s.batch_wait_ms:g} batch_gap_ms={s.batch_gap_ms:g} "
             f"prefixes: query={e.prefixes['query']!r} passage={e.prefixes['passage']!r} "
             f"({source}) queue={s.queue!r}"
@@ -107,10 +123,12 @@ class Worker:
             "device": s.device,
             "threads": s.threads,
             "max_batch": s.max_batch,
+            "bulk_max_batch": s.bulk_max_batch,
             "batch_wait_ms": s.batch_wait_ms,
             "batch_policy": s.batch_policy,
             "queue": s.queue,
             "prefixes": dict(e.prefixes),
+            "normalized": True,
             "batches": self.batches,
             "counts": dict(self.counts),
             "last_minute": self.metrics.last_minute(),
@@ -132,13 +150,14 @@ class Worker:
         if self.presence.due():
             self.presence.beat(self.info())
             self.metrics.depth.labels("online").set(self.queue.depth())
+            self.metrics.depth.labels("bulk").set(self.bulk.depth())
         now = time.monotonic()
         if now >= self._next_reap:
             self._next_reap = now + self.settings.reap_interval
             self.reaper.reap_once()
 
     def _start(self) -> None:
-        moved = self.queue.recover()
+        moved = self.queue.recover() + self.bulk.recover()
         if moved:
             log.warning(
                 "put %d request(s) left by an earlier run of %s back on the queue",
@@ -157,6 +176,7 @@ class Worker:
                     "device",
                     "threads",
                     "max_batch",
+                    "bulk_max_batch",
                     "batch_policy",
                     "batch_wait_ms",
                     "queue",
@@ -196,15 +216,35 @@ class Worker:
     # --- one batch ------------------------------------------------------------------------
 
     def serve_once(self, block: float = IDLE_BLOCK_S) -> int:
-        """Gather and answer one batch; returns the number of requests handled (0 when idle)."""
+        """Answer one batch; returns the number of requests handled (0 when idle).
+
+        Online requests always go first: a bulk request is taken only when none is queued, one
+        per batch, so an online request waits behind at most one bulk batch. With nothing
+        queued, block on the online list (or, right after bulk work, poll both briefly).
+        """
+        batch = self.batcher.next_batch(block=0)
+        if batch:
+            self.process(batch)
+            return len(batch)
+        bulk = self.bulk.take(1, block=0)
+        if bulk:
+            self._bulk_seen = time.monotonic()
+            self.process(bulk, self.bulk)
+            return len(bulk)
+        if time.monotonic() - self._bulk_seen < BULK_LINGER_S:
+            time.sleep(BULK_POLL_S)
+            return 0
         batch = self.batcher.next_batch(block=block)
         if batch:
             self.process(batch)
         return len(batch)
 
-    def process(self, batch: Sequence[Taken]) -> None:
-        """Answer every request of a batch: errors for refused ones, vectors for the rest; a
-        request whose text failed to encode goes back to the queue until its attempts run out."""
+    def process(self, batch: Sequence[Taken], lane: RedisQueue | None = None) -> None:
+        """Answer every request of a batch taken from ``lane`` (default: online): errors for
+        refused ones, vectors for the rest; a request whose text failed to encode goes back to
+        its list until its attempts run out."""
+        lane = lane or self.queue
+        name = lane.lane
         now = time.time()
         replies: list[Reply] = []
         dead: list[DeadLetter] = []
@@ -216,37 +256,38 @@ class Worker:
                 rej = item.rejected
                 log.warning("refused a request (%s): %s", rej.code, rej.message)
                 if rej.request_id is None:
-                    self.metrics.outcome("dead")
+                    self.metrics.outcome("dead", name)
                     dead.append(DeadLetter(rej.message, rej.code, item.raw, worker_id))
                 else:
-                    self.metrics.outcome("error")
+                    self.metrics.outcome("error", name)
                     replies.append(self._error(rej.request_id, rej.code, rej.message))
             elif item.request is not None and item.request.deadline < now:
-                self.metrics.outcome("expired")  # its producer has stopped waiting: skip the encode
+                self.metrics.outcome("expired", name)  # its producer stopped waiting: skip the encode
             else:
                 live.append(item)
         encode_ms = 0.0
         if live:
-            encoded, failed, encode_ms = self._encode_and_reply(live)
+            encoded, failed, encode_ms = self._encode_and_reply(live, name)
             replies.extend(encoded)
             if failed:
-                totals = self.queue.count_attempts([t.request.id for t, _ in failed if t.request])
+                totals = lane.count_attempts([t.request.id for t, _ in failed if t.request])
                 for (item, why), attempts in zip(failed, totals, strict=True):
                     assert item.request is not None
                     if attempts < self.settings.max_attempts:
-                        self.metrics.outcome("retried")
+                        self.metrics.outcome("retried", name)
                         retry.append(item)
                         continue
                     message = f"{why} (gave up after {attempts} attempts)"
-                    self.metrics.outcome("dead")
+                    self.metrics.outcome("dead", name)
                     replies.append(self._error(item.request.id, "encode_failed", message))
                     dead.append(DeadLetter(message, "encode_failed", item.raw, worker_id, item.request.id))
         started = time.perf_counter()
-        self.queue.finish(batch, replies, dead, retry)
+        lane.finish(batch, replies, dead, retry)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "batch %d: %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",
+                "batch %d (%s): %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",
                 self.batches,
+                name,
                 len(batch),
                 sum(t.size for t in live),
                 self.batcher.last_wait_s * 1000,
@@ -254,7 +295,9 @@ class Worker:
                 (time.perf_counter() - started) * 1000,
             )
 
-    def _encode_and_reply(self, live: Sequence[Taken]) -> tuple[list[Reply], list[tuple[Taken, str]], float]:
+    def _encode_and_reply(
+        self, live: Sequence[Taken], lane: str
+    ) -> tuple[list[Reply], list[tuple[Taken, str]], float]:
         """Encode the texts of ``live`` in one call: the replies of those that worked, the
         requests that failed with why, and the encode time in ms."""
         texts: list[str] = []
@@ -267,7 +310,7 @@ class Worker:
         vectors, failures = self._encode(texts, kinds)
         encode_ms = (time.perf_counter() - started) * 1000.0
         self.batches += 1
-        self.metrics.batch(len(texts), encode_ms / 1000.0)
+        self.metrics.batch(len(texts), encode_ms / 1000.0, lane)
 
         replies: list[Reply] = []
         failed: list[tuple[Taken, str]] = []
@@ -282,8 +325,8 @@ class Worker:
                 failed.append((item, f"text {bad[0] - rows.start} could not be encoded: {failures[bad[0]]}"))
                 continue
             queue_ms = max(0.0, (item.taken_at - request.sent_at) * 1000.0)
-            self.metrics.outcome("ok")
-            self.metrics.answered(queue_ms, encode_ms)
+            self.metrics.outcome("ok", lane)
+            self.metrics.answered(queue_ms, encode_ms, lane)
             replies.append(
                 Reply(
                     id=request.id,

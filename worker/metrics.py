@@ -1,5 +1,6 @@
 """What a worker reports: Prometheus metrics (``--metrics-port``) and a one-minute window of
-request latencies for ``embedq status``. Names are prefixed ``embedq_``."""
+request latencies for ``embedq status``. Names are prefixed ``embedq_``; request, text, batch and
+time metrics carry a ``lane`` label (``online`` or ``bulk``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ error reply; ``expired`` dropped unencoded past its deadline; ``dead`` dead-lett
 error reply when it had an id); ``retried`` put back for another attempt."""
 
 WINDOW_S = 60.0
+LANES = ("online", "bulk")
 
 
 class Metrics:
@@ -24,28 +26,38 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = PromCounter("embedq_requests", "Requests taken, by outcome", ["outcome"], registry=r)
-        for outcome in OUTCOMES:
-            self.requests.labels(outcome)
-        self.texts = PromCounter("embedq_texts_encoded", "Texts encoded", registry=r)
+        self.requests = PromCounter(
+            "embedq_requests", "Requests taken, by lane and outcome", ["lane", "outcome"], registry=r
+        )
+        self.texts = PromCounter("embedq_texts_encoded", "Texts encoded", ["lane"], registry=r)
         self.batch_size = Histogram(
             "embedq_batch_size",
             "Texts per encode",
+            ["lane"],
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
             registry=r,
         )
         self.queue_wait = Histogram(
             "embedq_queue_wait_seconds",
             "From a request's sending to a worker taking it",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            ["lane"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
             registry=r,
         )
         self.encode = Histogram(
             "embedq_encode_seconds",
             "Encode time per batch",
+            ["lane"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        for lane in LANES:
+            for outcome in OUTCOMES:
+                self.requests.labels(lane, outcome)
+            self.texts.labels(lane)
+            self.batch_size.labels(lane)
+            self.queue_wait.labels(lane)
+            self.encode.labels(lane)
         self.depth = Gauge("embedq_queue_depth", "Requests waiting, by queue", ["queue"], registry=r)
         self.info = Info("embedq_worker", "Model and settings of this worker", registry=r)
         self.counts: Counter[str] = Counter()
@@ -59,21 +71,24 @@ class Metrics:
         """Expose /metrics on ``port`` (a daemon thread)."""
         start_http_server(port, registry=self.registry)
 
-    def outcome(self, outcome: str, n: int = 1) -> None:
-        """Count ``n`` requests with this outcome."""
-        self.requests.labels(outcome).inc(n)
-        self.counts[outcome] += n
+    def outcome(self, outcome: str, lane: str = "online", n: int = 1) -> None:
+        """Count ``n`` requests of ``lane`` with this outcome (``counts``: ``ok``, ``bulk_ok``...)."""
+        self.requests.labels(lane, outcome).inc(n)
+        self.counts[_count_name(outcome, lane)] += n
 
-    def batch(self, texts: int, encode_s: float) -> None:
+    def batch(self, texts: int, encode_s: float, lane: str = "online") -> None:
         """One encode of ``texts`` texts."""
-        self.texts.inc(texts)
-        self.counts["texts"] += texts
-        self.batch_size.observe(texts)
-        self.encode.observe(encode_s)
+        self.texts.labels(lane).inc(texts)
+        self.counts[_count_name("texts", lane)] += texts
+        self.batch_size.labels(lane).observe(texts)
+        self.encode.labels(lane).observe(encode_s)
 
-    def answered(self, queue_ms: float, encode_ms: float) -> None:
-        """One request answered with vectors after waiting ``queue_ms`` in the queue."""
-        self.queue_wait.observe(queue_ms / 1000.0)
+    def answered(self, queue_ms: float, encode_ms: float, lane: str = "online") -> None:
+        """One request answered with vectors after waiting ``queue_ms`` in its list; the
+        last-minute window is of online requests only (bulk ones wait by design)."""
+        self.queue_wait.labels(lane).observe(queue_ms / 1000.0)
+        if lane != "online":
+            return
         now = time.monotonic()
         self._recent.append((now, queue_ms + encode_ms))
         while self._recent and self._recent[0][0] < now - WINDOW_S:
@@ -88,3 +103,7 @@ class Metrics:
         latencies = sorted(lat for _, lat in self._recent)
         p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else 0.0
         return {"requests": len(latencies), "p95_ms": round(p95, 2), "window_s": WINDOW_S}
+
+
+def _count_name(what: str, lane: str) -> str:
+    return what if lane == "online" else f"{lane}_{what}"

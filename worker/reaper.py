@@ -1,9 +1,10 @@
 """The reaper: returns the requests of dead workers to the queue, and gives up on poison ones.
 
 A worker whose heartbeat has expired died or hung while holding requests in its processing
-list. The reaper moves them back to the front of the request queue, oldest first, counting an
-attempt for each; a request that has used up its attempts goes to the dead-letter list and its
-producer gets an error instead, so a request that kills workers cannot crash-loop them.
+lists (online and bulk). The reaper moves them back to the front of their request list, oldest
+first, counting an attempt for each; a request that has used up its attempts goes to the
+dead-letter list and its producer gets an error instead, so a request that kills workers
+cannot crash-loop them.
 Every worker runs a pass now and then; ``embedq-worker reap`` runs one by hand.
 """
 
@@ -81,18 +82,18 @@ class Reaper:
         return report
 
     def _reap(self, worker_id: str) -> tuple[int, int]:
-        processing = self.keys.processing(worker_id)
         requeued = dead = 0
-        while (raw := self.redis.lindex(processing, -1)) is not None:
-            request_id = peek_id(raw)
-            attempts = self._count(request_id) if request_id else 0
-            if request_id and attempts >= self.max_attempts:
-                self._give_up(processing, raw, request_id, worker_id, attempts)
-                dead += 1
-            else:
-                # newest first onto the head, so the oldest ends up first in line
-                self.redis.lmove(processing, self.keys.queue, "RIGHT", "LEFT")
-                requeued += 1
+        for queue, processing in self.keys.lanes(worker_id):  # online, then bulk
+            while (raw := self.redis.lindex(processing, -1)) is not None:
+                request_id = peek_id(raw)
+                attempts = self._count(request_id) if request_id else 0
+                if request_id and attempts >= self.max_attempts:
+                    self._give_up(processing, queue, raw, request_id, worker_id, attempts)
+                    dead += 1
+                else:
+                    # newest first onto the head, so the oldest ends up first in line
+                    self.redis.lmove(processing, queue, "RIGHT", "LEFT")
+                    requeued += 1
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(self.keys.workers, worker_id)
         pipe.delete(self.keys.heartbeat(worker_id))
@@ -105,11 +106,13 @@ class Reaper:
         pipe.expire(self.keys.attempts(request_id), ATTEMPTS_TTL_S)
         return int(pipe.execute()[0])
 
-    def _give_up(self, processing: str, raw: bytes, request_id: str, worker_id: str, attempts: int) -> None:
+    def _give_up(
+        self, processing: str, queue: str, raw: bytes, request_id: str, worker_id: str, attempts: int
+    ) -> None:
         message = (
             f"request was being encoded {attempts} times when its worker died or hung "
             f"(last: {worker_id}); it is in the dead-letter list {self.keys.dead!r}"
         )
         reply = Reply(id=request_id, code="worker_died", message=message, worker=self.me)
         entry = DeadLetter(message, "worker_died", raw, self.me, request_id)
-        self.outcomes.write(processing, replies=[reply], done=[raw], dead=[entry])
+        self.outcomes.write(processing, queue=queue, replies=[reply], done=[raw], dead=[entry])

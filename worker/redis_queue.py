@@ -90,8 +90,9 @@ if n_dead > 0 then redis.call('LTRIM', KEYS[3], 0, dead_max - 1) end
 for k = 1, n_attempts do redis.call('DEL', KEYS[3 + n_reply + k]) end
 return n_reply
 """
-"""Atomically: write replies with their expiry, drop answered requests from a processing list,
-requeue retries at the back, add dead letters (capped) and clear their attempt counters."""
+"""Atomically: write replies with their expiry, drop answered requests from a processing list
+(KEYS[1]), requeue retries at the back of their request list (KEYS[2]), add dead letters (capped)
+and clear their attempt counters."""
 
 
 class Outcomes:
@@ -107,14 +108,16 @@ class Outcomes:
         self,
         processing: str,
         *,
+        queue: str,
         replies: Sequence[Reply] = (),
         done: Sequence[bytes] = (),
         retry: Sequence[bytes] = (),
         dead: Sequence[DeadLetter] = (),
     ) -> None:
-        """Replies, removal of ``done`` from ``processing``, retries and dead letters, atomically."""
+        """Replies, removal of ``done`` from ``processing``, retries onto ``queue`` and dead
+        letters, atomically."""
         cleared = [d.request_id for d in dead if d.request_id]
-        keys = [processing, self.keys.queue, self.keys.dead]
+        keys = [processing, queue, self.keys.dead]
         keys += [self.keys.reply(r.id) for r in replies]
         keys += [self.keys.attempts(rid) for rid in cleared]
         args: list[bytes | int] = [
@@ -133,7 +136,8 @@ class Outcomes:
 
 
 class RedisQueue:
-    """Takes requests into this worker's processing list and answers them atomically."""
+    """Takes requests from one request list (a lane: online or bulk) into this worker's
+    processing list for it, and answers them atomically."""
 
     def __init__(
         self,
@@ -144,11 +148,14 @@ class RedisQueue:
         limits: Limits,
         reply_ttl: int,
         dead_max: int,
+        bulk: bool = False,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.worker_id = worker_id
-        self.processing = keys.processing(worker_id)
+        self.lane = "bulk" if bulk else "online"
+        self.source = keys.bulk if bulk else keys.queue
+        self.processing = keys.bulk_processing(worker_id) if bulk else keys.processing(worker_id)
         self.limits = limits
         self.reply_ttl = reply_ttl
         self.dead_max = dead_max
@@ -158,14 +165,14 @@ class RedisQueue:
     def take(self, limit: int, *, block: float) -> list[Taken]:
         """Up to ``limit`` requests, FIFO; with ``block`` > 0 and none queued, wait that long for
         one. Under load this is one round trip; at idle, the blocking pop wakes on arrival."""
-        raws: list[bytes] = list(self._take(keys=[self.keys.queue, self.processing], args=[limit]))
+        raws: list[bytes] = list(self._take(keys=[self.source, self.processing], args=[limit]))
         if not raws and block > 0:
-            first = self.redis.blmove(self.keys.queue, self.processing, block, "LEFT", "RIGHT")
+            first = self.redis.blmove(self.source, self.processing, block, "LEFT", "RIGHT")
             if first is None:
                 return []
             raws.append(first)
             if limit > 1:
-                raws.extend(self._take(keys=[self.keys.queue, self.processing], args=[limit - 1]))
+                raws.extend(self._take(keys=[self.source, self.processing], args=[limit - 1]))
         now = time.time()
         return [self._parse(raw, now) for raw in raws]
 
@@ -186,6 +193,7 @@ class RedisQueue:
         ``retry`` at the back of the queue, and drop ``done`` from the processing list."""
         self.outcomes.write(
             self.processing,
+            queue=self.source,
             replies=replies,
             done=[t.raw for t in done],
             retry=[t.raw for t in retry],
@@ -201,23 +209,23 @@ class RedisQueue:
         return [int(n) for n in pipe.execute()[::2]]
 
     def put_back(self, items: Sequence[Taken]) -> None:
-        """Return taken-but-unanswered requests to the head of the queue, in their order."""
+        """Return taken-but-unanswered requests to the head of their list, in their order."""
         if not items:
             return
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(self.keys.queue, *(t.raw for t in reversed(items)))
+        pipe.lpush(self.source, *(t.raw for t in reversed(items)))
         for item in items:
             pipe.lrem(self.processing, 1, item.raw)
         pipe.execute()
 
     def recover(self) -> int:
         """Move whatever this worker id left in its processing list (a crash, a restart with the
-        same id) back to the head of the queue; returns how many."""
+        same id) back to the head of the request list; returns how many."""
         moved = 0
-        while self.redis.lmove(self.processing, self.keys.queue, "RIGHT", "LEFT") is not None:
+        while self.redis.lmove(self.processing, self.source, "RIGHT", "LEFT") is not None:
             moved += 1
         return moved
 
     def depth(self) -> int:
-        """Requests waiting in the queue."""
-        return int(self.redis.llen(self.keys.queue))
+        """Requests waiting in this lane's request list."""
+        return int(self.redis.llen(self.source))

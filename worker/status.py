@@ -19,11 +19,14 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
     dead = dead_workers(client, keys)
     pipe = client.pipeline(transaction=False)
     pipe.llen(keys.queue)
+    pipe.llen(keys.bulk)
     pipe.llen(keys.dead)
     for worker_id in [*live, *dead]:
-        pipe.llen(keys.processing(worker_id))
-    queued, dead_letters, *held = pipe.execute()
-    holding = dict(zip([*live, *dead], held, strict=True))
+        for _, processing in keys.lanes(worker_id):
+            pipe.llen(processing)
+    queued, bulk, dead_letters, *held = pipe.execute()
+    ids = [*live, *dead]
+    holding = {w: held[2 * i] + held[2 * i + 1] for i, w in enumerate(ids)}
     now = time.time()
     workers = []
     for worker_id, info in live.items():
@@ -36,6 +39,7 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
                 "device": info.get("device"),
                 "threads": info.get("threads"),
                 "max_batch": info.get("max_batch"),
+                "bulk_max_batch": info.get("bulk_max_batch"),
                 "batch_policy": info.get("batch_policy"),
                 "batch_wait_ms": info.get("batch_wait_ms"),
                 "holding": holding[worker_id],
@@ -50,7 +54,7 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
     answered = sum(int(w["last_minute"].get("requests", 0)) for w in workers)
     return {
         "queue": queue,
-        "depth": {"online": queued, "in_progress": sum(holding.values())},
+        "depth": {"online": queued, "bulk": bulk, "in_progress": sum(holding.values())},
         "dead_letters": dead_letters,
         "workers": workers,
         "dead_workers": [{"id": w, "holding": holding[w]} for w in dead],
@@ -65,8 +69,8 @@ def render(report: dict[str, Any]) -> str:
     """The report as a few lines of text."""
     d, m = report["depth"], report["last_minute"]
     lines = [
-        f"queue {report['queue']!r}: {d['online']} waiting, {d['in_progress']} being encoded; "
-        f"{report['dead_letters']} dead letter(s)",
+        f"queue {report['queue']!r}: {d['online']} waiting, {d['bulk']} bulk waiting, "
+        f"{d['in_progress']} being encoded; {report['dead_letters']} dead letter(s)",
         f"last minute: {m['requests_per_s']:.2f} requests/s, p95 {m['p95_ms']:.1f} ms in the worker "
         "(queue wait + encode; the slowest worker's)",
         f"{len(report['workers'])} live worker(s):",
@@ -77,7 +81,7 @@ def render(report: dict[str, Any]) -> str:
             f"  {w['id']}: {w['model']} dim={w['dim']} {w['device']} threads={w['threads']} "
             f"batch<={w['max_batch']} {w['batch_policy']}/{w['batch_wait_ms']}ms | holding {w['holding']}, "
             f"{w['batches']} batches, ok={c.get('ok', 0)} error={c.get('error', 0)} "
-            f"expired={c.get('expired', 0)} dead={c.get('dead', 0)} | "
+            f"expired={c.get('expired', 0)} dead={c.get('dead', 0)} bulk_texts={c.get('bulk_texts', 0)} | "
             f"{w['last_minute'].get('requests', 0)} req/min p95 {w['last_minute'].get('p95_ms', 0)} ms | "
             f"beat {w['beat_age_s']}s ago, up {w['uptime_s']}s"
         )

@@ -1,4 +1,4 @@
-"""``embedq``: the operator's and evaluator's command (``bench``, ``eval``)."""
+"""``embedq``: the operator's and evaluator's command (``status``, ``bulk``, ``bench``, ``eval``)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,13 @@ def default_model() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedq", description="embedq tools: benchmark and evaluate.")
+    from producer.bulk.cli import add_parser as add_bulk_parser
+
+    parser = argparse.ArgumentParser(
+        prog="embedq", description="embedq tools: status, bulk embedding, benchmark, evaluation."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    add_bulk_parser(sub)
 
     bench = sub.add_parser("bench", help="the design record's sweep in three modes, and the targets")
     bench.add_argument("--model", help="hub id or path (default: EMBEDDING_MODEL, else the bundled MiniLM)")
@@ -206,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_bench(ns)
     if ns.command == "status":
         return cmd_status(ns)
+    if ns.command == "bulk":
+        import logging
+
+        from producer.bulk.cli import run_command
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return run_command(ns)
     return cmd_eval(ns)
 
 

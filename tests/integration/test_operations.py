@@ -91,15 +91,18 @@ def test_two_workers_share_the_load_and_metrics_add_up(
 
     after = scrape(port)
     moved = {k: after[k] - before.get(k, 0.0) for k in after}
-    assert moved['embedq_requests_total{outcome="ok"}'] == by_worker["ops-a"]
-    assert moved['embedq_requests_total{outcome="error"}'] == 0
-    assert moved["embedq_texts_encoded_total"] == by_worker["ops-a"]
-    assert moved["embedq_batch_size_count"] == len(batches_a)
-    assert moved["embedq_batch_size_sum"] == sum(size for _, size in batches_a)
-    assert moved["embedq_encode_seconds_count"] == len(batches_a)
-    assert moved["embedq_encode_seconds_sum"] >= DELAY * len(batches_a)  # the test encoder's delay
-    assert moved["embedq_queue_wait_seconds_count"] == by_worker["ops-a"]
+    online = 'lane="online"'
+    assert moved[f'embedq_requests_total{{{online},outcome="ok"}}'] == by_worker["ops-a"]
+    assert moved[f'embedq_requests_total{{{online},outcome="error"}}'] == 0
+    assert moved[f"embedq_texts_encoded_total{{{online}}}"] == by_worker["ops-a"]
+    assert moved[f"embedq_batch_size_count{{{online}}}"] == len(batches_a)
+    assert moved[f"embedq_batch_size_sum{{{online}}}"] == sum(size for _, size in batches_a)
+    assert moved[f"embedq_encode_seconds_count{{{online}}}"] == len(batches_a)
+    assert moved[f"embedq_encode_seconds_sum{{{online}}}"] >= DELAY * len(batches_a)  # encoder delay
+    assert moved[f"embedq_queue_wait_seconds_count{{{online}}}"] == by_worker["ops-a"]
+    assert moved['embedq_texts_encoded_total{lane="bulk"}'] == 0
     assert after['embedq_queue_depth{queue="online"}'] >= 0
+    assert after['embedq_queue_depth{queue="bulk"}'] == 0
     info = [k for k in after if k.startswith("embedq_worker_info{")]
     assert len(info) == 1
     assert 'dim="384"' in info[0]
@@ -124,7 +127,7 @@ def test_status_lists_both_workers_and_the_depths(
     r.rpush(keys.queue, b"junk one", b"junk two")  # no id: dead-lettered when taken
     report = status(redis_server)
     assert sorted(w["id"] for w in report["workers"]) == ["ops-a", "ops-b"]
-    assert report["depth"] == {"online": 6, "in_progress": 16}
+    assert report["depth"] == {"online": 6, "bulk": 0, "in_progress": 16}
     assert {w["id"]: w["holding"] for w in report["workers"]} == {"ops-a": 8, "ops-b": 8}
     assert {w["model"] for w in report["workers"]} == {bundled_model_path()}
     assert all(w["threads"] == 2 and w["max_batch"] == 8 for w in report["workers"])

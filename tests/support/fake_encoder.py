@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -68,3 +69,14 @@ class FakeEncoder:
             if any(POISON in t for t in texts):
                 raise RuntimeError("the model cannot encode this text")
             return np.stack([fake_vector(k, t, self.dim) for k, t in zip(kinds, texts, strict=True)])
+
+
+def build(settings: object) -> FakeEncoder:
+    """For worker processes (``EMBED_ENCODER=tests.support.fake_encoder:build``): a model-free
+    encoder of ``EMBED_TEST_DIM`` dimensions (default 384), ``EMBED_TEST_ENCODE_DELAY`` s a batch."""
+    encoder = FakeEncoder(
+        dim=int(os.environ.get("EMBED_TEST_DIM", "384")),
+        delay=float(os.environ.get("EMBED_TEST_ENCODE_DELAY", "0")),
+    )
+    encoder.name = "fake-model"
+    return encoder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_compose_file_is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_compose_worker_scales_and_waits_for_redis() -> None:
+def compose_config() -> dict:
     result = subprocess.run(
         [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
         capture_output=True,
@@ -36,9 +37,11 @@ def test_compose_worker_scales_and_waits_for_redis() -> None:
         timeout=60,
         check=True,
     )
-    import json
+    return json.loads(result.stdout)
 
-    config = json.loads(result.stdout)
+
+def test_compose_worker_scales_and_waits_for_redis() -> None:
+    config = compose_config()
     worker = config["services"]["worker"]
     assert "container_name" not in worker  # a fixed name would stop --scale
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -46,3 +49,25 @@ def test_compose_worker_scales_and_waits_for_redis() -> None:
     assert float(worker["deploy"]["resources"]["limits"]["cpus"]) == float(
         worker["environment"]["EMBED_THREADS"]
     )
+
+
+def test_compose_bulk_and_api_run_the_light_image_against_the_same_redis() -> None:
+    services = compose_config()["services"]
+    bulk, api = services["bulk"], services["api"]
+    for service in (bulk, api):
+        assert service["build"]["target"] == "producer"  # no torch in these
+        assert service["environment"]["REDIS_URL"] == services["worker"]["environment"]["REDIS_URL"]
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    command = " ".join(bulk["command"])
+    assert "rq worker" in command and "--serializer json" in command and "embed-bulk" in command
+    assert any(v["target"] == "/data" for v in bulk["volumes"])
+    assert "app:app" in api["command"] and "examples/api" in api["command"]
+    assert "healthz" in " ".join(api["healthcheck"]["test"])
+
+
+def test_dockerfile_targets_exist_and_the_worker_is_the_default() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = [line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert stages == ["base", "producer", "worker"]  # the last stage is what a plain build makes
+    assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
+    assert "HEALTHCHECK" in text and "embedq-worker" in text and "USER embedq" in text

@@ -1,0 +1,217 @@
+"""Bulk embedding: its throughput against the model in-process, and what it does to online latency.
+
+    .venv/bin/python benchmarks/bulk.py [--docs 2000] [--rounds 2] [--queries 200]
+
+Starts its own redis-server and one worker (bundled all-MiniLM-L6-v2, 2 threads), builds a
+document set from the KorQuAD dev set in a temporary folder (deleted afterwards), and measures,
+side by side in one run:
+
+1. throughput: ``model.encode(docs, batch_size=8)`` in this process vs the same documents through
+   a bulk job (foreground, ``run_bulk``) and the worker; rounds alternate, medians reported;
+2. online latency: two producers asking one question at a time (with a think time of 0-200 ms),
+   first with the worker otherwise idle, then while a bulk job runs; p50/p95/max of each, and the
+   bound the design promises: p95 during bulk <= idle p95 + one bulk batch's encode time (p95).
+
+Writes benchmarks/results/bulk.md and bulk.json. Exits non-zero if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from producer import EmbeddingClient
+from producer.bulk import BulkOptions, run_bulk
+from worker.bench import InProcess, closed_loop, machine_facts, percentile
+from worker.corpus import find_korquad, korquad_documents, write_jsonl
+from worker.local import RedisServer, WorkerProcess, bundled_model_path
+
+QUEUE = "bench-bulk:requests"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    xs = sorted(values)
+    return {
+        "n": len(xs),
+        "p50_ms": round(percentile(xs, 50), 1),
+        "p95_ms": round(percentile(xs, 95), 1),
+        "max_ms": round(xs[-1], 1),
+    }
+
+
+def online_latencies(
+    client: EmbeddingClient, questions: list[str], count: int, stop: threading.Event | None = None
+) -> list[float]:
+    """Two producers, one question at a time each with a random think time; latencies in ms."""
+    rng = random.Random(1)
+    pool = iter(questions * 10)
+    lock = threading.Lock()
+
+    def one() -> None:
+        with lock:
+            text, pause = next(pool), rng.uniform(0, 0.2)
+        client.embed_query(text)
+        time.sleep(pause)
+
+    latencies, _, _ = closed_loop(one, 2, count, 3600)
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--docs", type=int, default=2000, help="documents per throughput round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=200, help="online questions per latency phase")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    korquad = find_korquad()
+    if korquad is None:
+        print("KorQuAD dev set not found: set EMBEDQ_KORQUAD", file=sys.stderr)
+        return 2
+    model = bundled_model_path()
+    records = list(korquad_documents(korquad))
+    docs = records[: args.docs]
+    questions = [r["text"] for r in records if r["id"].startswith("q")][-2000:]
+    tmp = Path(tempfile.mkdtemp(prefix="embedq-bench-bulk-"))
+    source = tmp / "docs.jsonl"
+    write_jsonl(source, docs, len(docs))
+    texts = [d["text"] for d in docs]
+
+    server = RedisServer()
+    worker = WorkerProcess(server.url, QUEUE)
+    local = InProcess(model)
+    local.set_threads(2)
+    client = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=120)
+    result: dict[str, Any] = {"machine": machine_facts(), "docs": len(docs), "model": "all-MiniLM-L6-v2"}
+    try:
+        print(f"{len(docs)} KorQuAD documents ({statistics.fmean(map(len, texts)):.0f} chars on average)")
+        local.model.encode(texts[:64], batch_size=8)  # warm up
+        inproc_rates, bulk_rates, bulk_wall_rates = [], [], []
+        last_summary: dict[str, Any] = {}
+        for n in range(args.rounds):
+            started = time.perf_counter()
+            local.model.encode(texts, batch_size=8, normalize_embeddings=True, prompt="")
+            inproc_rates.append(len(texts) / (time.perf_counter() - started))
+            started = time.perf_counter()
+            last_summary = run_bulk(source, tmp / f"out-{n}", BulkOptions(queue=QUEUE), server.client())
+            bulk_wall_rates.append(len(texts) / (time.perf_counter() - started))
+            bulk_rates.append(last_summary["rate"])
+            print(
+                f"round {n + 1}: in-process {inproc_rates[-1]:.1f} docs/s, bulk {bulk_rates[-1]:.1f} docs/s "
+                f"(whole job incl. scan {bulk_wall_rates[-1]:.1f})",
+                flush=True,
+            )
+        throughput = {
+            "inproc_docs_per_s": round(statistics.median(inproc_rates), 2),
+            "bulk_docs_per_s": round(statistics.median(bulk_rates), 2),
+            "bulk_whole_job_docs_per_s": round(statistics.median(bulk_wall_rates), 2),
+            "rounds": args.rounds,
+            "batch_size": 8,
+        }
+        throughput["ratio"] = round(throughput["bulk_docs_per_s"] / throughput["inproc_docs_per_s"], 3)
+        throughput["ratio_whole_job"] = round(
+            throughput["bulk_whole_job_docs_per_s"] / throughput["inproc_docs_per_s"], 3
+        )
+        result["throughput"] = throughput
+
+        client.embed_queries(questions[:8])  # warm up
+        idle = online_latencies(client, questions, args.queries)
+        print(f"online at idle: {spread(idle)}", flush=True)
+        job: dict[str, Any] = {}
+
+        def bulk_job() -> None:
+            job.update(run_bulk(source, tmp / "out-latency", BulkOptions(queue=QUEUE), server.client()))
+
+        runner = threading.Thread(target=bulk_job)
+        runner.start()
+        time.sleep(3)  # the job has scanned its input and queued requests
+        busy = online_latencies(client, questions, args.queries)
+        still_running = runner.is_alive()
+        runner.join()
+        print(f"online during bulk: {spread(busy)} (bulk job still running at the end: {still_running})")
+        batch = job["batch_encode_ms"]
+        bound = spread(idle)["p95_ms"] + batch["p95"]
+        result["online"] = {
+            "idle": spread(idle),
+            "during_bulk": spread(busy),
+            "bulk_batch_encode_ms": batch,
+            "bound_ms": round(bound, 1),
+            "bulk_running_throughout": still_running,
+            "bulk_docs_per_s_while_serving": job["rate"],
+        }
+        targets = {
+            "bulk throughput >= 0.9x in-process at batch 8": throughput["ratio"] >= 0.9,
+            "online p95 during bulk <= idle p95 + one bulk batch (p95)": spread(busy)["p95_ms"] <= bound,
+        }
+        result["targets"] = targets
+    finally:
+        worker.terminate()
+        server.stop()
+        for p in sorted(tmp.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        tmp.rmdir()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bulk.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "bulk.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0 if all(targets.values()) else 1
+
+
+def markdown(r: dict[str, Any]) -> str:
+    t, o = r["throughput"], r["online"]
+    m = r["machine"]
+    lines = [
+        "# Bulk embedding: throughput and online latency",
+        "",
+        f"`benchmarks/bulk.py` on {m.get('cpu', '?')} ({m.get('cores', '?')} cores), {r['model']}, "
+        f"{r['docs']} KorQuAD dev documents (questions and paragraph sentences), one worker with 2 threads.",
+        "",
+        "## Throughput (median of alternating rounds)",
+        "",
+        "| | docs/s |",
+        "|---|---:|",
+        f"| in-process `model.encode(docs, batch_size=8)` | {t['inproc_docs_per_s']:.1f} |",
+        f"| bulk job through the worker (encode phase) | {t['bulk_docs_per_s']:.1f} ({t['ratio']:.2f}x) |",
+        f"| bulk job, whole (scan, encode, write) | {t['bulk_whole_job_docs_per_s']:.1f} "
+        f"({t['ratio_whole_job']:.2f}x) |",
+        "",
+        "## Online questions (2 producers, think time 0-200 ms)",
+        "",
+        "| | n | p50 ms | p95 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, key in (("worker otherwise idle", "idle"), ("while a bulk job runs", "during_bulk")):
+        s = o[key]
+        lines.append(f"| {name} | {s['n']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |")
+    b = o["bulk_batch_encode_ms"]
+    lines += [
+        "",
+        f"One bulk batch's encode time: p50 {b['p50']} ms, p95 {b['p95']} ms, max {b['max']} ms. "
+        f"Bound: idle p95 + bulk batch p95 = {o['bound_ms']} ms. The bulk job kept "
+        f"{o['bulk_docs_per_s_while_serving']} docs/s while serving the questions.",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += [f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in r["targets"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

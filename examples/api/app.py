@@ -1,0 +1,93 @@
+"""An example chatbot-side HTTP service that embeds through embedq: a producer in its habitat.
+
+    pip install 'embedq[api]'
+    REDIS_URL=redis://localhost:6379/0 uvicorn app:app --app-dir examples/api --port 8000
+    curl -s localhost:8000/embed -H 'content-type: application/json' \\
+         -d '{"texts": ["연남 카페 추천해줘"], "kind": "query"}'
+
+One ``AsyncEmbeddingClient`` per process, opened and closed with the app. Every embedq error
+maps to an HTTP status a caller can act on: a bad text is the caller's (422), a full queue or
+no Redis is ours for now (503, retry), a timeout is a gateway timeout (504).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from producer import (
+    AsyncEmbeddingClient,
+    EmbeddingConnectionError,
+    EmbeddingError,
+    EmbeddingTimeout,
+    QueueFull,
+)
+
+MAX_TEXTS = 64
+"""Most texts one HTTP call may embed (split into worker-sized requests by the client)."""
+
+
+class EmbedRequest(BaseModel):
+    """What a caller sends: texts of one kind."""
+
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    kind: Literal["query", "passage"] = "query"
+
+
+class EmbedResponse(BaseModel):
+    """One unit-length float vector per text, in input order."""
+
+    vectors: list[list[float]]
+    dim: int
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the embedq client with the app; close it on shutdown."""
+    client = AsyncEmbeddingClient.from_url(
+        os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
+        queue=os.environ.get("EMBED_QUEUE", "embed:requests"),
+        timeout=float(os.environ.get("EMBED_TIMEOUT", "5")),
+    )
+    app.state.embedq = client
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+app = FastAPI(title="embedq example API", lifespan=lifespan)
+
+
+@app.post("/embed", response_model=EmbedResponse)
+async def embed(body: EmbedRequest) -> EmbedResponse:
+    """Embed ``texts`` through the embedq workers."""
+    client: AsyncEmbeddingClient = app.state.embedq
+    try:
+        vectors = await client.embed(body.texts, body.kind)
+    except EmbeddingError as exc:  # refused by the worker: the caller's input
+        raise HTTPException(422, detail={"code": exc.code, "message": exc.message}) from exc
+    except QueueFull as exc:
+        raise HTTPException(503, detail=str(exc), headers={"Retry-After": "1"}) from exc
+    except EmbeddingTimeout as exc:
+        raise HTTPException(504, detail=str(exc)) from exc
+    except EmbeddingConnectionError as exc:
+        raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from exc
+    return EmbedResponse(vectors=vectors.tolist(), dim=int(vectors.shape[1]))
+
+
+@app.get("/healthz")
+async def healthz() -> JSONResponse:
+    """200 while Redis answers (the workers report through ``embedq status``)."""
+    client: AsyncEmbeddingClient = app.state.embedq
+    try:
+        await client.redis.ping()
+    except Exception as exc:  # any failure to reach Redis makes this instance unready
+        return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
+    return JSONResponse({"ok": True})

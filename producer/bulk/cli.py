@@ -1,0 +1,186 @@
+"""``embedq bulk``: submit a bulk job to RQ, follow it, resume it, or run one in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from ..protocol import DEFAULT_QUEUE
+from .job import BulkError, BulkOptions, Progress, run_bulk
+from .output import OutputError
+from .reader import BulkInputError
+
+DEFAULTS = BulkOptions()
+
+
+def _redis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
+        help="Redis of RQ and the workers (env REDIS_URL)",
+    )
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="JSONL or CSV/TSV file of documents (optionally .gz)")
+    p.add_argument("output", help="output directory (created; resumed if it holds this job's state)")
+    p.add_argument("--format", choices=("jsonl", "csv", "tsv"), help="input format (default: from the name)")
+    p.add_argument("--id-field", default=DEFAULTS.id_field, help="field or column of the id (default id)")
+    p.add_argument(
+        "--text-field", default=DEFAULTS.text_field, help="field or column of the text (default text)"
+    )
+    p.add_argument("--kind", choices=("passage", "query"), default=DEFAULTS.kind, help="default passage")
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULTS.batch_size, help="texts per request (default 8)"
+    )
+    p.add_argument(
+        "--max-batch-chars",
+        type=int,
+        default=DEFAULTS.max_batch_chars,
+        help="characters per request (default 2048)",
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=DEFAULTS.chunk_size, help="documents per chunk (default 1024)"
+    )
+    p.add_argument(
+        "--inflight", type=int, default=DEFAULTS.inflight, help="requests queued at once (default 16)"
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=int(os.environ.get("EMBED_MAX_TEXT_CHARS", DEFAULTS.max_chars)),
+        help="longest text (default EMBED_MAX_TEXT_CHARS or 8192)",
+    )
+    p.add_argument(
+        "--request-timeout", type=float, default=DEFAULTS.request_timeout, help="seconds (default 3600)"
+    )
+    p.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", DEFAULT_QUEUE), help="the workers' queue")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first bad document")
+    p.add_argument("--overwrite", action="store_true", help="replace another job's output in OUTPUT")
+
+
+def options_from(ns: argparse.Namespace) -> BulkOptions:
+    """The job options given on the command line."""
+    return BulkOptions(
+        format=ns.format,
+        id_field=ns.id_field,
+        text_field=ns.text_field,
+        kind=ns.kind,
+        batch_size=ns.batch_size,
+        max_batch_chars=ns.max_batch_chars,
+        chunk_size=ns.chunk_size,
+        inflight=ns.inflight,
+        max_chars=ns.max_chars,
+        request_timeout=ns.request_timeout,
+        queue=ns.queue,
+        fail_fast=ns.fail_fast,
+        overwrite=ns.overwrite,
+    )
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``bulk`` and its subcommands to an ``embedq`` subparsers object."""
+    from .rq_jobs import RQ_QUEUE
+
+    bulk = sub.add_parser("bulk", help="embed a whole document set (RQ job or foreground)")
+    cmds = bulk.add_subparsers(dest="bulk_command", required=True)
+
+    submit = cmds.add_parser("submit", help="enqueue a bulk job for `rq worker --serializer json embed-bulk`")
+    _job_args(submit)
+    _redis_args(submit)
+    submit.add_argument("--rq-queue", default=RQ_QUEUE, help=f"RQ queue (default {RQ_QUEUE})")
+    submit.add_argument("--job-timeout", type=int, default=7 * 24 * 3600, help="seconds (default 7 days)")
+    submit.add_argument("--retries", type=int, default=3, help="RQ retries if the job fails (default 3)")
+
+    status = cmds.add_parser("status", help="a bulk job's progress: done/total, rate, ETA")
+    status.add_argument("job_id")
+    _redis_args(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    resume = cmds.add_parser("resume", help="continue a failed or abandoned job from its last chunk")
+    resume.add_argument("job_id")
+    _redis_args(resume)
+
+    run = cmds.add_parser("run", help="run a bulk job here, in the foreground, with a progress bar")
+    _job_args(run)
+    _redis_args(run)
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_command(ns: argparse.Namespace) -> int:
+    """Carry out ``embedq bulk <command>``; exit status 0, or 1 with a message on stderr."""
+    client = redis.Redis.from_url(ns.redis_url)
+    try:
+        if ns.bulk_command == "run":
+            return _run(ns, client)
+        from . import rq_jobs
+
+        if ns.bulk_command == "submit":
+            job = rq_jobs.submit(
+                client,
+                ns.input,
+                ns.output,
+                options_from(ns),
+                queue=ns.rq_queue,
+                job_timeout=ns.job_timeout,
+                retries=ns.retries,
+            )
+            print(job.id)
+            print(
+                f"queued on RQ queue {ns.rq_queue!r}; follow it with: embedq bulk status {job.id}",
+                file=sys.stderr,
+            )
+        elif ns.bulk_command == "status":
+            info = rq_jobs.describe(client, ns.job_id)
+            print(json.dumps(info, indent=2, default=str) if ns.json else rq_jobs.render(info))
+        elif ns.bulk_command == "resume":
+            job = rq_jobs.resume(client, ns.job_id)
+            print(job.id)
+            print(f"resumes {ns.job_id}; follow it with: embedq bulk status {job.id}", file=sys.stderr)
+        return 0
+    except (BulkError, BulkInputError, OutputError, LookupError, FileNotFoundError, ValueError) as exc:
+        print(f"embedq bulk: {exc}", file=sys.stderr)
+        return 1
+    except redis.exceptions.ConnectionError as exc:
+        print(f"embedq bulk: cannot reach Redis at {ns.redis_url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(ns: argparse.Namespace, client: redis.Redis) -> int:
+    from tqdm import tqdm
+
+    from .rq_jobs import job_redis
+
+    bar = None if ns.quiet else tqdm(unit="doc", dynamic_ncols=True)
+
+    def show(p: Progress) -> None:
+        if bar is None:
+            return
+        bar.total = p.total
+        bar.set_description(p.phase)
+        bar.n = p.done
+        bar.set_postfix(chunks=f"{p.chunks_done}/{p.chunks_total}", bad=p.errors, refresh=False)
+        bar.refresh()
+
+    try:
+        summary = run_bulk(ns.input, ns.output, options_from(ns), job_redis(client), on_progress=show)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m producer.bulk``: the bulk commands without the worker package."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="embedq", description="embedq bulk embedding")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser.parse_args(argv))

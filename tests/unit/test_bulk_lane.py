@@ -1,0 +1,113 @@
+"""The worker's bulk lane on fakeredis: online requests always first, one bulk request per batch,
+bulk limits, and nothing of the bulk lane lost when a worker dies."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import numpy as np
+import pytest
+
+from producer.protocol import Keys, Request, new_request_id, unpack_reply
+from tests.support.fake_encoder import FakeEncoder, fake_vector
+from worker.loop import Worker
+from worker.reaper import Reaper
+from worker.settings import Settings
+
+KEYS = Keys()
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+def make_worker(r: fakeredis.FakeRedis, **changes: object) -> tuple[Worker, FakeEncoder]:
+    encoder = FakeEncoder()
+    settings = Settings(worker_id="w1", batch_wait_ms=0, **changes)  # type: ignore[arg-type]
+    return Worker(settings, encoder, r), encoder
+
+
+def request(*texts: str, kind: str = "passage") -> Request:
+    return Request(id=new_request_id(), kind=kind, texts=list(texts), deadline=time.time() + 30)
+
+
+def reply_of(r: fakeredis.FakeRedis, req: Request):
+    raw = r.lpop(KEYS.reply(req.id))
+    assert raw is not None, "no reply written"
+    return unpack_reply(raw)
+
+
+def test_online_requests_go_before_every_waiting_bulk_request(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r)
+    bulk = [request(f"doc {i}", f"doc {i}b") for i in range(3)]
+    r.rpush(KEYS.bulk, *(b.pack() for b in bulk))
+    online = [request(f"q {i}", kind="query") for i in range(3)]
+    r.rpush(KEYS.queue, *(q.pack() for q in online))
+
+    assert worker.serve_once(block=0.01) == 3  # all online requests, one batch
+    assert encoder.calls == [3]
+    assert r.llen(KEYS.bulk) == 3
+    assert worker.serve_once(block=0.01) == 1  # then one bulk request, alone
+    assert encoder.calls == [3, 2]
+    late = request("late question", kind="query")
+    r.rpush(KEYS.queue, late.pack())
+    assert worker.serve_once(block=0.01) == 1  # a question that arrived meanwhile goes next
+    assert encoder.calls == [3, 2, 1]
+    assert reply_of(r, late).ok
+    while worker.serve_once(block=0.01):
+        pass
+    assert encoder.calls == [3, 2, 1, 2, 2]
+    for b in bulk:
+        reply = reply_of(r, b)
+        np.testing.assert_array_equal(reply.vectors, np.stack([fake_vector("passage", t) for t in b.texts]))
+    assert worker.counts["bulk_ok"] == 3
+    assert worker.counts["bulk_texts"] == 6
+    assert worker.counts["ok"] == 4
+    assert r.llen(KEYS.bulk_processing("w1")) == 0
+
+
+def test_a_bulk_request_is_never_merged_with_another(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r)
+    r.rpush(KEYS.bulk, *(request("a").pack() for _ in range(4)))
+    while worker.serve_once(block=0.01):
+        pass
+    assert encoder.calls == [1, 1, 1, 1]
+
+
+def test_bulk_requests_have_their_own_size_limit(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r, max_batch=4, bulk_max_batch=16)
+    big = request(*[f"t{i}" for i in range(16)])
+    too_big = request(*[f"t{i}" for i in range(17)])
+    r.rpush(KEYS.bulk, big.pack(), too_big.pack())
+    while worker.serve_once(block=0.01):
+        pass
+    assert encoder.calls == [16]
+    assert reply_of(r, big).ok
+    refused = reply_of(r, too_big)
+    assert refused.code == "too_many_texts"
+    assert "at most 16" in (refused.message or "")
+
+
+def test_a_dead_workers_bulk_request_goes_back_to_the_bulk_list(r: fakeredis.FakeRedis) -> None:
+    held, waiting, online = request("held"), request("waiting"), request("online", kind="query")
+    r.sadd(KEYS.workers, "dead-1")
+    r.rpush(KEYS.bulk_processing("dead-1"), held.pack())
+    r.rpush(KEYS.processing("dead-1"), online.pack())
+    r.rpush(KEYS.bulk, waiting.pack())
+    report = Reaper(r, KEYS, max_attempts=3, reply_ttl=60, dead_max=100, me="survivor").reap_once()
+    assert report.requeued == 2
+    assert r.lrange(KEYS.bulk, 0, -1) == [held.pack(), waiting.pack()]
+    assert r.lrange(KEYS.queue, 0, -1) == [online.pack()]
+    assert r.exists(KEYS.bulk_processing("dead-1")) == 0
+
+
+def test_a_restarted_worker_puts_back_what_its_last_run_held_in_both_lanes(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r)
+    held_bulk, held_online = request("b"), request("o", kind="query")
+    r.rpush(KEYS.bulk_processing("w1"), held_bulk.pack())
+    r.rpush(KEYS.processing("w1"), held_online.pack())
+    worker._start()
+    assert r.lrange(KEYS.bulk, 0, -1) == [held_bulk.pack()]
+    assert r.lrange(KEYS.queue, 0, -1) == [held_online.pack()]
