@@ -46,23 +46,19 @@ class Worker:
         self.encoder = encoder
         self.redis = client
         keys = settings.keys
-        self.queue = RedisQueue(
-            client,
-            keys,
-            settings.worker_id,
-            limits=settings.limits,
-            reply_ttl=settings.reply_ttl,
-            dead_max=settings.dead_max,
-        )
-        self.bulk = RedisQueue(
-            client,
-            keys,
-            settings.worker_id,
-            limits=settings.bulk_limits,
-            reply_ttl=settings.reply_ttl,
-            dead_max=settings.dead_max,
-            bulk=True,
-        )
+
+        def lane(bulk: bool) -> RedisQueue:
+            return RedisQueue(
+                client,
+                keys,
+                settings.worker_id,
+                limits=settings.bulk_limits if bulk else settings.limits,
+                reply_ttl=settings.reply_ttl,
+                dead_max=settings.dead_max,
+                bulk=bulk,
+            )
+
+        self.queue, self.bulk = lane(False), lane(True)
         self.presence = Presence(client, keys, settings.worker_id, ttl=settings.heartbeat_ttl)
         self.reaper = Reaper(
             client,

@@ -188,6 +188,7 @@ class BulkJob:
         self._encode_started = 0.0
         self._models: dict[str, _Model | None] = {}
         self._batch_ms: deque[float] = deque(maxlen=BATCH_TIMES_KEPT)
+        self._encode_ms_total = 0.0
         self.model: _Model | None = None
 
     # --- the whole job ---------------------------------------------------------------------
@@ -269,6 +270,9 @@ class BulkJob:
                 else:
                     ids.write(_json_line(doc.id))
                     rows += 1
+                if (rows + errors) % 1000 == 0:
+                    self.progress.total, self.progress.errors = rows, errors
+                    self._report("scanning")
         log.info("%s: %d document(s) to embed, %d bad (see %s)", self.input, rows, errors, ERRORS)
         return rows, errors
 
@@ -296,6 +300,11 @@ class BulkJob:
         self.progress.done = sum(min(size, rows - i * size) for i in done)
         if done:
             log.info("resuming: %d of %d chunk(s) already done", len(done), state["chunks"])
+        if done and not self.out.file(VECTORS).exists():
+            raise OutputError(
+                f"{self.out.file(VECTORS)} is missing but {len(done)} chunk(s) are recorded done: "
+                "run again with --overwrite to start over"
+            )
         matrix = self.out.vectors(rows, state["dim"]) if state.get("dim") is not None else None
         self._encode_started = time.monotonic()
         self._report("encoding", force=True)
@@ -371,6 +380,7 @@ class BulkJob:
             "elapsed_s": round(time.monotonic() - self.started, 3),
             "rate": round(self.progress.rate, 2),
             "batch_encode_ms": _spread(self._batch_ms),
+            "worker_encode_s": round(self._encode_ms_total / 1000.0, 3),
             "manifest": str(self.out.file(MANIFEST)),
         }
 
@@ -409,6 +419,7 @@ class BulkJob:
                 raise BulkError(f"worker {reply.worker}: {dim}-dim vectors, others {result.shape[1]}")
             result[item.positions] = vectors
             self._batch_ms.append(reply.encode_ms)
+            self._encode_ms_total += reply.encode_ms
             self.encoded_this_run += len(item.positions)
             self.progress.done += len(item.positions)
             self._report("encoding")

@@ -8,6 +8,7 @@ Jobs are stored with RQ's JSON serializer (no pickle): the job is the function p
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ RQ_QUEUE = "embed-bulk"
 JOB_FUNCTION = "producer.bulk.job.embed_file"
 DEFAULT_JOB_TIMEOUT = 7 * 24 * 3600
 """An RQ job is killed after this many seconds (RQ's own default, 180 s, suits no bulk job)."""
+STALE_S = 60.0
+"""A started job that reported nothing for this long has probably lost its RQ worker (a running
+job reports at least every few seconds)."""
 RESULT_TTL = 7 * 24 * 3600
 """How long RQ keeps a finished or failed job for ``embedq bulk status``."""
 
@@ -118,6 +122,12 @@ def render(info: dict[str, Any]) -> str:
             f"  {p.get('phase')}: {p.get('done', 0)}/{total} documents ({pct:.1f}%), "
             f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}, {p.get('errors', 0)} bad, "
             f"{p.get('rate', 0.0):.1f} docs/s, ETA {'-' if eta is None else f'{eta:.0f} s'}"
+        )
+    stale = time.time() - float(p.get("updated", time.time())) if p else 0.0
+    if info["status"] == "started" and stale > STALE_S:
+        lines.append(
+            f"  no progress for {stale:.0f} s: its RQ worker may have died. RQ retries such a job "
+            f"itself after a while; to continue now: embedq bulk resume {info['id']}"
         )
     if info.get("result"):
         r = info["result"]

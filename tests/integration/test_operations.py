@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from producer import Call, EmbeddingClient
-from producer.protocol import Keys
+from producer.protocol import Keys, Request, new_request_id
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, free_port, wait_until
 
 QUEUE = "ops:requests"
@@ -125,15 +126,18 @@ def test_status_lists_both_workers_and_the_depths(
 
     wait_until(lambda: held() == (8, 8, 4), 10, "both workers to hold a full batch, 4 waiting")
     r.rpush(keys.queue, b"junk one", b"junk two")  # no id: dead-lettered when taken
+    bulk = [Request(new_request_id(), "passage", ["문서"], time.time() + 60) for _ in range(3)]
+    r.rpush(keys.bulk, *(b.pack() for b in bulk))  # served after the online ones
     report = status(redis_server)
     assert sorted(w["id"] for w in report["workers"]) == ["ops-a", "ops-b"]
-    assert report["depth"] == {"online": 6, "bulk": 0, "in_progress": 16}
+    assert report["depth"] == {"online": 6, "bulk": 3, "in_progress": 16}
     assert {w["id"]: w["holding"] for w in report["workers"]} == {"ops-a": 8, "ops-b": 8}
     assert {w["model"] for w in report["workers"]} == {bundled_model_path()}
     assert all(w["threads"] == 2 and w["max_batch"] == 8 for w in report["workers"])
     for call in calls:
         client.wait(call)
     wait_until(lambda: r.llen(keys.dead) == 2, 10, "the junk to be dead-lettered")
+    wait_until(lambda: all(r.exists(keys.reply(b.id)) for b in bulk), 10, "the bulk requests answered")
     assert status(redis_server)["dead_letters"] == 2
     wait_until(
         lambda: status(redis_server)["last_minute"]["requests_per_s"] > 0, 10, "traffic in the heartbeat"

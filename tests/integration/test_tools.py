@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.servers import ROOT
+from tests.support.servers import embedq
 
 from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES
-
-
-def embedq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.tools", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
 
 
 def test_eval_queue_path_ranks_like_in_process(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@ so that worker processes can load test encoders (``EMBED_ENCODER=tests.support..
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ from worker.local import RedisServer, bundled_model_path, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["ROOT", "RedisServer", "WorkerProcess", "bundled_model_path", "free_port", "wait_until"]
+__all__ = ["ROOT", "RedisServer", "WorkerProcess", "bundled_model_path", "embedq", "free_port", "wait_until"]
 
 
 class WorkerProcess(local.WorkerProcess):
@@ -20,3 +23,15 @@ class WorkerProcess(local.WorkerProcess):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("cwd", ROOT)
         super().__init__(*args, **kwargs)
+
+
+def embedq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the ``embedq`` command (``python -m worker.tools``) from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.tools", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )

@@ -186,3 +186,29 @@ def test_options_round_trip_through_json_and_refuse_unknown_names() -> None:
         BulkOptions(batch_size=0)
     with pytest.raises(ValueError, match="kind"):
         BulkOptions(kind="document")
+
+
+def test_status_text_shows_progress_and_flags_a_silent_started_job() -> None:
+    import time
+
+    from producer.bulk.rq_jobs import render
+
+    progress = {
+        "phase": "encoding",
+        "done": 250,
+        "total": 1000,
+        "errors": 3,
+        "chunks_done": 2,
+        "chunks_total": 8,
+        "rate": 50.0,
+        "eta_s": 15.0,
+        "updated": time.time(),
+    }
+    info = {"id": "j1", "status": "started", "description": "embed a -> b", "progress": progress}
+    text = render(info)
+    assert "encoding: 250/1000 documents (25.0%), chunks 2/8, 3 bad, 50.0 docs/s, ETA 15 s" in text
+    assert "no progress" not in text
+    info["progress"] = {**progress, "updated": time.time() - 600}
+    assert "no progress for 600 s" in render(info) and "embedq bulk resume j1" in render(info)
+    failed = {**info, "status": "failed", "error": "BulkError: no worker answered"}
+    assert "error: BulkError: no worker answered" in render(failed)
