@@ -250,6 +250,7 @@ def test_a_job_killed_halfway_resumes_to_the_same_output_redoing_at_most_one_chu
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
+    time.sleep(1.5)  # the worker's heartbeat (once a second) has counted the reference run
     before = bulk_texts(redis_server, model_worker)
     first = RQWorker(redis_server.url, "doomed")
     rq_workers.append(first)
@@ -282,6 +283,7 @@ def test_a_job_killed_halfway_resumes_to_the_same_output_redoing_at_most_one_chu
     wait_until(lambda: bulk_texts(redis_server, model_worker) >= before + n, 10, "the heartbeat count")
     time.sleep(1.5)  # one more heartbeat, for texts encoded after the job ended
     encoded = bulk_texts(redis_server, model_worker) - before
+    print(f"\nkilled at {state['done']} of {n // chunk} chunks; the worker encoded {encoded} texts for {n}")
     assert n <= encoded <= n + chunk, f"encoded {encoded} texts for {n} documents"
 
 
@@ -376,8 +378,8 @@ def test_online_queries_wait_behind_at_most_one_bulk_batch(
             assert r.llen(keys.bulk) > 0, "the bulk job ran dry: the test proves nothing"
             time.sleep(random.Random(i).uniform(0, delay))
         # each question waited for the batch being encoded (<= delay), never for the queued bulk
-        # requests (>= 8 x delay); 0.15 s of slack for the fake encoder's own work and polling
-        assert max(waits) < delay + 0.15, waits
+        # requests (>= 8 x delay); 0.2 s of slack for the fake encoder's own work and polling
+        assert max(waits) < delay + 0.2, waits
     finally:
         worker.terminate()
 

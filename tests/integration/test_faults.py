@@ -205,6 +205,7 @@ def test_expired_requests_are_skipped_and_counted(
         return sum(int(w["counts"].get("texts", 0)) for w in live_workers(r, keys).values())
 
     wait_until(lambda: live_workers(r, keys), 5, "a heartbeat")
+    time.sleep(1.2)  # one more heartbeat (once a second): the counts include earlier tests' traffic
     expired_before, texts_before = expired_count(), texts_count()
     stale = [
         Request(id=new_request_id(), kind="query", texts=["늦었어요"], deadline=time.time() - 1)
@@ -215,8 +216,14 @@ def test_expired_requests_are_skipped_and_counted(
     r.rpush(keys.queue, *(s.pack() for s in stale))
     client.send(fresh)
     client.wait(fresh)
-    wait_until(lambda: expired_count() == expired_before + 3, 5, "the expired count in the heartbeat")
+    wait_until(
+        lambda: expired_count() == expired_before + 3 and texts_count() > texts_before,
+        5,
+        "the counts in the heartbeat",
+    )
+    time.sleep(1.2)  # and one more: nothing else comes
     assert texts_count() == texts_before + 1  # only the fresh text was encoded
+    assert expired_count() == expired_before + 3
     assert all(not r.exists(keys.reply(s.id)) for s in stale)
 
 
