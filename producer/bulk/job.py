@@ -41,6 +41,7 @@ PROGRESS_EVERY_S = 1.0
 BATCH_TIMES_KEPT = 10_000
 """Recent bulk batches whose encode time the summary describes: how long an online request may
 wait behind one."""
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 SPLIT_CODES = ("encode_failed", "worker_died")
 """Error replies after which a multi-text request is retried text by text, to find the one bad
 document; the others still get their vectors."""
@@ -395,8 +396,16 @@ class BulkJob:
         pending: dict[str, _Pending] = {}
         result: np.ndarray | None = None
         while todo or pending:
-            self._send(todo, pending, texts)
-            popped = self.redis.blpop(list(pending), timeout=self._wait_s(pending))
+            try:
+                self._send(todo, pending, texts)
+                popped = self.redis.blpop(list(pending), timeout=self._wait_s(pending))
+            except REDIS_DOWN as exc:
+                # what was queued may be gone with Redis (a restart without persistence): send
+                # the chunk's unanswered requests again; a reply to an old one is never read
+                self._wait_for_redis(exc)
+                todo.extendleft(reversed([p.positions for p in pending.values()]))
+                pending.clear()
+                continue
             if popped is None:
                 self._check_deadlines(pending)
                 self._report("encoding")
@@ -478,10 +487,35 @@ class BulkJob:
             raise BulkError(f"the workers refused a bulk request: {message}. Use a smaller --batch-size")
         raise BulkError(f"a worker refused a bulk request ({code}): {message}")
 
+    def _wait_for_redis(self, exc: Exception) -> None:
+        """Wait (capped backoff) until Redis answers again; give up after ``request_timeout``."""
+        log.warning("lost Redis (%s); waiting for it to come back", exc)
+        self._report("waiting for Redis", force=True)
+        down_since = time.monotonic()
+        delay = 0.1
+        while True:
+            time.sleep(delay)
+            try:
+                self.redis.ping()
+            except REDIS_DOWN as again:
+                if time.monotonic() - down_since > self.options.request_timeout:
+                    raise BulkError(
+                        f"Redis unreachable for {self.options.request_timeout:g} s ({again}); "
+                        "run the job again to resume"
+                    ) from again
+                delay = min(2 * delay, 2.0)
+                continue
+            log.info("Redis is back after %.1f s; resending this chunk's unanswered requests",
+                     time.monotonic() - down_since)  # fmt: skip
+            return
+
     def _check_model(self, worker: str, dim: int) -> None:
         """Every vector of one output must come from one model with one prefix: refuse a mix."""
         if worker not in self._models:
-            raw = self.redis.get(self.keys.heartbeat(worker))
+            try:
+                raw = self.redis.get(self.keys.heartbeat(worker))
+            except REDIS_DOWN:
+                return  # asked again with its next reply
             info = msgpack.unpackb(raw, raw=False) if raw else None
             self._models[worker] = (
                 _Model(
@@ -518,7 +552,10 @@ class BulkJob:
             p.eta_s = round((p.total - p.done) / p.rate, 1) if p.rate > 0 else None
         p.updated = time.time()
         if self.on_progress is not None:
-            self.on_progress(p)
+            try:
+                self.on_progress(p)
+            except redis.exceptions.RedisError as exc:  # RQ's meta: progress must not stop the job
+                log.warning("could not report progress: %s", exc)
 
 
 def _spread(values: deque[float]) -> dict[str, float] | None:

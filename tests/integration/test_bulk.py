@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from producer import EmbeddingClient
 from producer.bulk import BulkOptions, rq_jobs, run_bulk
 from producer.protocol import Keys
 from tests.integration.conftest import InProcess, cosines
+from tests.support.fake_encoder import fake_vector
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, embedq, wait_until
 from worker.corpus import find_korquad, korquad_documents, write_jsonl
 
@@ -415,3 +417,48 @@ def test_memory_stays_bounded_for_a_large_input(
     print(f"peak RSS of the job process for {n} lines: {peak_mb:.0f} MB")
     assert 20 < peak_mb < 300, f"peak RSS {peak_mb:.0f} MB"
     assert np.load(tmp_path / "out" / "vectors.npy", mmap_mode="r").shape == (n, 384)
+
+
+def test_a_redis_restart_mid_job_loses_nothing(
+    tmp_path: Path, redis_server_restartable: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="embedq.bulk")
+    server = redis_server_restartable
+    worker = WorkerProcess(
+        server.url,
+        "it-bulk-restart:requests",
+        {"EMBED_ENCODER": "tests.support.fake_encoder:build", "EMBED_TEST_ENCODE_DELAY": "0.02"},
+    )
+    try:
+        n = 800
+        texts = [f"문서 {i} " * (1 + i % 7) for i in range(n)]
+        source = tmp_path / "docs.jsonl"
+        source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+        progress: list[int] = []
+        outcome: dict[str, Any] = {}
+
+        def job() -> None:
+            options = BulkOptions(queue=worker.queue, chunk_size=200)
+            client = server.client()
+            outcome.update(
+                run_bulk(
+                    source, tmp_path / "out", options, client, on_progress=lambda p: progress.append(p.done)
+                )
+            )
+
+        runner = threading.Thread(target=job)
+        runner.start()
+        wait_until(lambda: progress and progress[-1] >= 250, 60, "a quarter of the job done")
+        server.kill()  # no persistence: the queued bulk requests are gone
+        time.sleep(1.0)
+        server.start()
+        runner.join(120)
+        assert not runner.is_alive() and outcome.get("rows") == n, outcome
+        assert "resending this chunk's unanswered requests" in caplog.text
+        assert progress[-1] == n  # every document counted once: no reply was taken twice
+        vectors = np.load(tmp_path / "out" / "vectors.npy")
+        expected = np.stack([fake_vector("passage", t, 384) for t in texts])
+        np.testing.assert_allclose(vectors, expected, rtol=1e-6)
+        assert ids_of(tmp_path / "out" / "ids.jsonl") == list(range(n))
+    finally:
+        worker.terminate()
