@@ -41,6 +41,8 @@ PROGRESS_EVERY_S = 1.0
 BATCH_TIMES_KEPT = 10_000
 """Recent bulk batches whose encode time the summary describes: how long an online request may
 wait behind one."""
+QUIET_S = 10.0
+"""Without a reply for this long, progress says whether any worker is live to answer."""
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 SPLIT_CODES = ("encode_failed", "worker_died")
 """Error replies after which a multi-text request is retried text by text, to find the one bad
@@ -190,6 +192,7 @@ class BulkJob:
         self._models: dict[str, _Model | None] = {}
         self._batch_ms: deque[float] = deque(maxlen=BATCH_TIMES_KEPT)
         self._encode_ms_total = 0.0
+        self._last_reply = time.monotonic()
         self.model: _Model | None = None
 
     # --- the whole job ---------------------------------------------------------------------
@@ -408,7 +411,7 @@ class BulkJob:
                 continue
             if popped is None:
                 self._check_deadlines(pending)
-                self._report("encoding")
+                self._report(self._waiting_phase())
                 continue
             key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
             item = pending.pop(key)
@@ -431,6 +434,7 @@ class BulkJob:
             self._encode_ms_total += reply.encode_ms
             self.encoded_this_run += len(item.positions)
             self.progress.done += len(item.positions)
+            self._last_reply = time.monotonic()
             self._report("encoding")
         assert result is not None
         return result
@@ -486,6 +490,19 @@ class BulkJob:
         if code == "too_many_texts":
             raise BulkError(f"the workers refused a bulk request: {message}. Use a smaller --batch-size")
         raise BulkError(f"a worker refused a bulk request ({code}): {message}")
+
+    def _waiting_phase(self) -> str:
+        """``encoding``, or after a while without replies, whether any worker is there to answer."""
+        if time.monotonic() - self._last_reply < QUIET_S:
+            return "encoding"
+        try:
+            ids = [m.decode() if isinstance(m, bytes) else m for m in self.redis.smembers(self.keys.workers)]
+            beats = self.redis.mget([self.keys.heartbeat(i) for i in ids]) if ids else []
+        except REDIS_DOWN:
+            return "encoding"
+        if not any(b is not None for b in beats):
+            return f"waiting: no live worker on queue {self.options.queue!r}"
+        return "encoding (waiting behind online traffic)"
 
     def _wait_for_redis(self, exc: Exception) -> None:
         """Wait (capped backoff) until Redis answers again; give up after ``request_timeout``."""

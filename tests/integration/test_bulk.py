@@ -462,3 +462,30 @@ def test_a_redis_restart_mid_job_loses_nothing(
         assert ids_of(tmp_path / "out" / "ids.jsonl") == list(range(n))
     finally:
         worker.terminate()
+
+
+def test_with_no_worker_the_job_says_so_and_fails_at_its_deadline(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from producer.bulk import job as bulk_job
+
+    monkeypatch.setattr(bulk_job, "QUIET_S", 0.5)
+    monkeypatch.setattr(bulk_job, "BLOCK_S", 0.5)
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": f"doc {i}"}) + "\n" for i in range(20)))
+    phases: list[str] = []
+    options = BulkOptions(queue="it-nobody:requests", request_timeout=3)
+    with pytest.raises(
+        bulk_job.BulkError, match=r"no worker answered a bulk request within 3 s.*embedq status"
+    ):
+        run_bulk(
+            source,
+            tmp_path / "out",
+            options,
+            redis_server.client(),
+            on_progress=lambda p: phases.append(p.phase),
+        )
+    assert "waiting: no live worker on queue 'it-nobody:requests'" in phases
+    state = json.loads((tmp_path / "out" / "state.json").read_text())
+    assert state["done"] == [] and not state["complete"]
+    redis_server.client().delete("it-nobody:bulk")
