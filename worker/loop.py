@@ -34,6 +34,11 @@ BULK_LINGER_S = 0.5
 """After a bulk batch, poll both lists this long instead of blocking on the online one (which
 a bulk request would not wake): a bulk job's next request is usually milliseconds away."""
 BULK_POLL_S = 0.002
+INFO_METRIC_FIELDS = (
+    "model", "dim", "device", "threads", "max_batch", "bulk_max_batch",
+    "batch_policy", "batch_wait_ms", "queue",
+)  # fmt: skip
+"""What ``embedq_worker_info`` reports of ``Worker.info()``."""
 BACKOFF_MAX_S = 2.0
 """Cap of the wait between reconnection attempts while Redis is unreachable."""
 
@@ -161,24 +166,8 @@ class Worker:
                 self.settings.worker_id,
             )
         self.presence.beat(self.info())
-        self.metrics.describe(
-            {
-                k: v
-                for k, v in self.info().items()
-                if k
-                in (
-                    "model",
-                    "dim",
-                    "device",
-                    "threads",
-                    "max_batch",
-                    "bulk_max_batch",
-                    "batch_policy",
-                    "batch_wait_ms",
-                    "queue",
-                )
-            }
-        )
+        info = self.info()
+        self.metrics.describe({k: info[k] for k in INFO_METRIC_FIELDS})
 
     def _leave(self) -> None:
         held = self.batcher.drain()

@@ -154,8 +154,8 @@ class RedisQueue:
         self.keys = keys
         self.worker_id = worker_id
         self.lane = "bulk" if bulk else "online"
-        self.source = keys.bulk if bulk else keys.queue
-        self.processing = keys.bulk_processing(worker_id) if bulk else keys.processing(worker_id)
+        online, bulk_lane = keys.lanes(worker_id)
+        self.source, self.processing = bulk_lane if bulk else online
         self.limits = limits
         self.reply_ttl = reply_ttl
         self.dead_max = dead_max
@@ -163,14 +163,16 @@ class RedisQueue:
         self._take = client.register_script(TAKE_SCRIPT)
 
     def take(self, limit: int, *, block: float) -> list[Taken]:
-        """Up to ``limit`` requests, FIFO; with ``block`` > 0 and none queued, wait that long for
-        one. Under load this is one round trip; at idle, the blocking pop wakes on arrival."""
-        raws: list[bytes] = list(self._take(keys=[self.source, self.processing], args=[limit]))
-        if not raws and block > 0:
+        """Up to ``limit`` requests, FIFO. ``block`` = 0: what is queued, one round trip (the
+        loop's way under load). ``block`` > 0: wait up to that long for a first one (the loop
+        asks only after finding the list empty), then take what followed it."""
+        if block <= 0:
+            raws: list[bytes] = list(self._take(keys=[self.source, self.processing], args=[limit]))
+        else:
             first = self.redis.blmove(self.source, self.processing, block, "LEFT", "RIGHT")
             if first is None:
                 return []
-            raws.append(first)
+            raws = [first]
             if limit > 1:
                 raws.extend(self._take(keys=[self.source, self.processing], args=[limit - 1]))
         now = time.time()

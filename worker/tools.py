@@ -212,11 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "status":
         return cmd_status(ns)
     if ns.command == "bulk":
-        import logging
-
         from producer.bulk.cli import run_command
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return run_command(ns)
     return cmd_eval(ns)
 

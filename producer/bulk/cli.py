@@ -116,6 +116,7 @@ def add_parser(sub: Any) -> None:
 
 def run_command(ns: argparse.Namespace) -> int:
     """Carry out ``embedq bulk <command>``; exit status 0, or 1 with a message on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     client = redis.Redis.from_url(ns.redis_url)
     try:
         if ns.bulk_command == "run":
@@ -180,7 +181,6 @@ def _run(ns: argparse.Namespace, client: redis.Redis) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m producer.bulk``: the bulk commands without the worker package."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="embedq", description="embedq bulk embedding")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run_command(parser.parse_args(argv))

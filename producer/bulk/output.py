@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -160,17 +160,6 @@ class OutputDir:
         if path.exists():
             return VectorFile.open(path, rows, dim)
         return VectorFile.create(path, rows, dim)
-
-    @contextmanager
-    def replacing(self, name: str) -> Iterator[IO[str]]:
-        """A text file that replaces ``name`` (synced, renamed) when the block ends without error."""
-        path = self.file(name)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """The manifest, written last: its presence means the output is complete."""
