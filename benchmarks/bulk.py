@@ -32,11 +32,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from producer import EmbeddingClient
-from producer.bulk import BulkOptions, run_bulk
-from worker.bench import InProcess, closed_loop, machine_facts, percentile
-from worker.corpus import find_korquad, korquad_documents, write_jsonl
-from worker.local import RedisServer, WorkerProcess, bundled_model_path
+from embedq import EmbeddingClient
+from embedq.bulk import BulkOptions, run_bulk
+from embedq.worker.bench import InProcess, closed_loop, machine_facts, percentile
+from embedq.worker.corpus import find_korquad, korquad_documents, write_jsonl
+from embedq.worker.local import RedisServer, WorkerProcess, bundled_model_path
 
 QUEUE = "bench-bulk:requests"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from producer import EmbeddingClient
+from embedq import EmbeddingClient
 
 QUESTION = "Which cafe serves brunch and specialty coffee?"
 DOCS = [

@@ -22,7 +22,7 @@ if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
 fi
 
 echo "demo: starting a worker (log: .embedq/worker.log)"
-.venv/bin/python -m worker >.embedq/worker.log 2>&1 &
+.venv/bin/python -m embedq.worker >.embedq/worker.log 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do grep -q " ready: " .embedq/worker.log && break; sleep 0.1; done
 grep " ready: " .embedq/worker.log || { cat .embedq/worker.log; exit 1; }

@@ -1,4 +1,4 @@
-"""``python -m worker``: the same as ``embedq-worker``."""
+"""``python -m embedq.worker``: the same as ``embedq-worker``."""
 
 import sys
 

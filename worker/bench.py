@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer import EmbeddingClient
-from producer.protocol import Keys, Request, new_request_id
+from embedq import EmbeddingClient
+from embedq.protocol import Keys, Request, new_request_id
 
 from .local import RedisServer, WorkerProcess
 

@@ -177,7 +177,7 @@ def reap(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``embedq-worker`` and ``python -m worker``."""
+    """Entry point of ``embedq-worker`` and ``python -m embedq.worker``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help")):
         args.insert(0, "run")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from producer import EmbeddingClient
+from embedq import EmbeddingClient
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Local processes for benchmarks, evaluation and tests: a redis-server on a free port, and
-embedq workers as child processes (``python -m worker``)."""
+embedq workers as child processes (``python -m embedq.worker``)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class RedisServer:
 
 
 class WorkerProcess:
-    """``python -m worker`` as a child process; ready once it logs its start-up line."""
+    """``python -m embedq.worker`` as a child process; ready once it logs its start-up line."""
 
     def __init__(
         self,
@@ -118,7 +118,7 @@ class WorkerProcess:
             full_env["EMBEDDING_MODEL"] = bundled_model_path()
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker"],
+            [sys.executable, "-m", "embedq.worker"],
             cwd=cwd,
             env=full_env,
             stdout=self._log,

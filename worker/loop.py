@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import redis
 
-from producer.protocol import Reply
+from embedq.protocol import Reply
 
 from .batching import Batcher, make_policy
 from .encoder import Encoder

@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 import redis
 
-from producer.protocol import Keys
+from embedq.protocol import Keys
 
 
 class Presence:

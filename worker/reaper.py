@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from producer.protocol import Keys, Reply, peek_id
+from embedq.protocol import Keys, Reply, peek_id
 
 from .presence import dead_workers
 from .redis_queue import ATTEMPTS_TTL_S, DeadLetter, Outcomes

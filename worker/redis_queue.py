@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgpack
 import redis
 
-from producer.protocol import Keys, Limits, Rejected, Reply, Request, parse_request
+from embedq.protocol import Keys, Limits, Rejected, Reply, Request, parse_request
 
 DEAD_RAW_BYTES = 4096
 """How much of an unanswerable request the dead-letter entry keeps."""

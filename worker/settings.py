@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from producer.protocol import DEFAULT_QUEUE, Keys, Limits
+from embedq.protocol import DEFAULT_QUEUE, Keys, Limits
 
 DEFAULT_MODEL = "intfloat/multilingual-e5-large"
 

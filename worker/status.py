@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from producer.protocol import Keys
+from embedq.protocol import Keys
 
 from .presence import dead_workers, live_workers
 

@@ -32,7 +32,7 @@ def default_model() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from producer.bulk.cli import add_parser as add_bulk_parser
+    from embedq.bulk.cli import add_parser as add_bulk_parser
 
     parser = argparse.ArgumentParser(
         prog="embedq", description="embedq tools: status, bulk embedding, benchmark, evaluation."
@@ -161,7 +161,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def _queue_vectors(ns: argparse.Namespace, model: str, data: object, prefixes: dict[str, str | None]):  # type: ignore[no-untyped-def]
-    from producer import EmbeddingClient
+    from embedq import EmbeddingClient
 
     from . import evaluate as ev
     from .local import RedisServer, WorkerProcess
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "status":
         return cmd_status(ns)
     if ns.command == "bulk":
-        from producer.bulk.cli import run_command
+        from embedq.bulk.cli import run_command
 
         return run_command(ns)
     return cmd_eval(ns)

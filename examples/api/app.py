@@ -21,7 +21,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from producer import (
+from embedq import (
     AsyncEmbeddingClient,
     EmbeddingConnectionError,
     EmbeddingError,

@@ -1,4 +1,4 @@
-"""``python -m producer.bulk``: the bulk commands on a machine without the worker package."""
+"""``python -m embedq.bulk``: the bulk commands on a machine without the worker package."""
 
 import sys
 

@@ -180,7 +180,7 @@ def _run(ns: argparse.Namespace, client: redis.Redis) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m producer.bulk``: the bulk commands without the worker package."""
+    """``python -m embedq.bulk``: the bulk commands without the worker package."""
     parser = argparse.ArgumentParser(prog="embedq", description="embedq bulk embedding")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run_command(parser.parse_args(argv))

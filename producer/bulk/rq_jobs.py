@@ -1,7 +1,7 @@
 """Bulk jobs on RQ: submit one, read its progress, resume one whose RQ worker died.
 
 Jobs are stored with RQ's JSON serializer (no pickle): the job is the function path
-``producer.bulk.job.embed_file`` with plain JSON arguments. Run them with the standard worker:
+``embedq.bulk.job.embed_file`` with plain JSON arguments. Run them with the standard worker:
 
     rq worker --url "$REDIS_URL" --serializer json embed-bulk
 """
@@ -21,7 +21,7 @@ from .job import BLOCK_S, BulkOptions, Progress
 
 RQ_QUEUE = "embed-bulk"
 """The RQ queue bulk jobs go to (``rq worker ... embed-bulk``)."""
-JOB_FUNCTION = "producer.bulk.job.embed_file"
+JOB_FUNCTION = "embedq.bulk.job.embed_file"
 DEFAULT_JOB_TIMEOUT = 7 * 24 * 3600
 """An RQ job is killed after this many seconds (RQ's own default, 180 s, suits no bulk job)."""
 STALE_S = 60.0

@@ -1,4 +1,4 @@
-"""Integration fixtures: real workers (python -m worker) and the real bundled model in-process."""
+"""Integration fixtures: real workers (python -m embedq.worker) and the real bundled model in-process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from producer import EmbeddingClient
+from embedq import EmbeddingClient
 from tests.support.servers import RedisServer, WorkerProcess, bundled_model_path
 
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import redis
 
-from producer import EmbeddingClient
+from embedq import EmbeddingClient
 from tests.support.fake_encoder import fake_vector
 from tests.support.servers import RedisServer, WorkerProcess
 

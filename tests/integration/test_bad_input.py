@@ -7,8 +7,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from producer import Call, EmbeddingClient, EmbeddingError
-from producer.protocol import Keys
+from embedq import Call, EmbeddingClient, EmbeddingError
+from embedq.protocol import Keys
 from tests.support.fake_encoder import POISON
 from tests.support.servers import RedisServer, WorkerProcess
 

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from producer import Call, EmbeddingClient
+from embedq import Call, EmbeddingClient
+from embedq.worker.encoder import SentenceTransformerEncoder
+from embedq.worker.loop import Worker
+from embedq.worker.settings import Settings
 from tests.support.fake_encoder import CallRecorder
 from tests.support.servers import RedisServer, WorkerProcess, bundled_model_path
-from worker.encoder import SentenceTransformerEncoder
-from worker.loop import Worker
-from worker.settings import Settings
 
 from .conftest import RECORD_QUERIES, InProcess, client_for, cosines
 

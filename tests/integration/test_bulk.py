@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import redis
 
-from producer import EmbeddingClient
-from producer.bulk import BulkOptions, rq_jobs, run_bulk
-from producer.protocol import Keys
+from embedq import EmbeddingClient
+from embedq.bulk import BulkOptions, rq_jobs, run_bulk
+from embedq.protocol import Keys
+from embedq.worker.corpus import find_korquad, korquad_documents, write_jsonl
 from tests.integration.conftest import InProcess, cosines
 from tests.support.fake_encoder import fake_vector
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, embedq, wait_until
-from worker.corpus import find_korquad, korquad_documents, write_jsonl
 
 KORQUAD = find_korquad()
 needs_korquad = pytest.mark.skipif(KORQUAD is None, reason="KorQuAD dev set not found (set EMBEDQ_KORQUAD)")
@@ -396,7 +396,7 @@ def test_memory_stays_bounded_for_a_large_input(
             f.write(json.dumps({"id": f"doc-{i}", "text": f"document number {i} " * 8}) + "\n")
     command = ["bulk", "run", str(source), str(tmp_path / "out"), "--redis-url", redis_server.url]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.tools", *command, "--queue", fast_worker.queue, "--quiet"],
+        [sys.executable, "-m", "embedq.worker.tools", *command, "--queue", fast_worker.queue, "--quiet"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -467,7 +467,7 @@ def test_a_redis_restart_mid_job_loses_nothing(
 def test_with_no_worker_the_job_says_so_and_fails_at_its_deadline(
     tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from producer.bulk import job as bulk_job
+    from embedq.bulk import job as bulk_job
 
     monkeypatch.setattr(bulk_job, "QUIET_S", 0.5)
     monkeypatch.setattr(bulk_job, "BLOCK_S", 0.5)

@@ -14,16 +14,16 @@ import msgpack
 import numpy as np
 import pytest
 
-from producer import (
+from embedq import (
     EmbeddingClient,
     EmbeddingConnectionError,
     EmbeddingError,
     EmbeddingTimeout,
     QueueFull,
 )
-from producer.protocol import Keys, Request, new_request_id
+from embedq.protocol import Keys, Request, new_request_id
+from embedq.worker.presence import live_workers
 from tests.support.servers import RedisServer, WorkerProcess, wait_until
-from worker.presence import live_workers
 
 from .conftest import RECORD_QUERIES, InProcess, cosines
 

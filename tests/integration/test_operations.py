@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from producer import Call, EmbeddingClient
-from producer.protocol import Keys, Request, new_request_id
+from embedq import Call, EmbeddingClient
+from embedq.protocol import Keys, Request, new_request_id
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, free_port, wait_until
 
 QUEUE = "ops:requests"
@@ -143,7 +143,16 @@ def test_status_lists_both_workers_and_the_depths(
         lambda: status(redis_server)["last_minute"]["requests_per_s"] > 0, 10, "traffic in the heartbeat"
     )
     text = subprocess.run(
-        [sys.executable, "-m", "worker.tools", "status", "--redis-url", redis_server.url, "--queue", QUEUE],
+        [
+            sys.executable,
+            "-m",
+            "embedq.worker.tools",
+            "status",
+            "--redis-url",
+            redis_server.url,
+            "--queue",
+            QUEUE,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 
-from producer import (
+from embedq import (
     AsyncEmbeddingClient,
     EmbeddingClient,
     EmbeddingConnectionError,
     EmbeddingTimeout,
     EmbedqEmbeddings,
 )
-from producer.protocol import unpack_reply
+from embedq.protocol import unpack_reply
 from tests.support.servers import RedisServer, WorkerProcess, free_port
 
 from .conftest import E5_PREFIXES, RECORD_LONG_TEXT, RECORD_QUERIES, InProcess, client_for, cosines

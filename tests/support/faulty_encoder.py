@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from embedq.worker.encoder import SentenceTransformerEncoder
+from embedq.worker.settings import Settings
 from tests.support.fake_encoder import POISON
-from worker.encoder import SentenceTransformerEncoder
-from worker.settings import Settings
 
 
 class FaultyEncoder(SentenceTransformerEncoder):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from worker.batching import AdaptivePolicy, Batcher, BatchPolicy, Gathering, make_policy
+from embedq.worker.batching import AdaptivePolicy, Batcher, BatchPolicy, Gathering, make_policy
 
 
 class FakeClock:

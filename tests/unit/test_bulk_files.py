@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from producer.bulk.job import BulkOptions
-from producer.bulk.output import OutputDir, OutputError, VectorFile
-from producer.bulk.plan import chunk_count, chunked, pack
-from producer.bulk.reader import BadDocument, BulkInputError, Document, DocumentReader, InputSpec
+from embedq.bulk.job import BulkOptions
+from embedq.bulk.output import OutputDir, OutputError, VectorFile
+from embedq.bulk.plan import chunk_count, chunked, pack
+from embedq.bulk.reader import BadDocument, BulkInputError, Document, DocumentReader, InputSpec
 
 
 def read(path: Path, **spec: object) -> tuple[list[Document], list[BadDocument], DocumentReader]:
@@ -191,7 +191,7 @@ def test_options_round_trip_through_json_and_refuse_unknown_names() -> None:
 def test_status_text_shows_progress_and_flags_a_silent_started_job() -> None:
     import time
 
-    from producer.bulk.rq_jobs import render
+    from embedq.bulk.rq_jobs import render
 
     progress = {
         "phase": "encoding",

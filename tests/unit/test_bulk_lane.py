@@ -9,11 +9,11 @@ import fakeredis
 import numpy as np
 import pytest
 
-from producer.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.worker.loop import Worker
+from embedq.worker.reaper import Reaper
+from embedq.worker.settings import Settings
 from tests.support.fake_encoder import FakeEncoder, fake_vector
-from worker.loop import Worker
-from worker.reaper import Reaper
-from worker.settings import Settings
 
 KEYS = Keys()
 

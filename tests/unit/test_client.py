@@ -10,8 +10,8 @@ import fakeredis
 import numpy as np
 import pytest
 
-from producer import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, EmbeddingTimeout, QueueFull
-from producer.protocol import Limits, Reply, parse_request
+from embedq import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, EmbeddingTimeout, QueueFull
+from embedq.protocol import Limits, Reply, parse_request
 
 
 @pytest.fixture

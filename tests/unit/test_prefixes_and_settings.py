@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli import build_parser
-from worker.encoder import is_e5, resolve_prefixes
-from worker.settings import ENV, Settings, SettingsError
+from embedq.worker.cli import build_parser
+from embedq.worker.encoder import is_e5, resolve_prefixes
+from embedq.worker.settings import ENV, Settings, SettingsError
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from producer.protocol import (
+from embedq.protocol import (
     ID_PATTERN,
     PROTOCOL_VERSION,
     Keys,

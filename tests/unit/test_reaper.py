@@ -8,9 +8,9 @@ import fakeredis
 import msgpack
 import pytest
 
-from producer.protocol import Keys, Request, new_request_id, unpack_reply
-from worker.presence import Presence, dead_workers, live_workers
-from worker.reaper import Reaper
+from embedq.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.worker.presence import Presence, dead_workers, live_workers
+from embedq.worker.reaper import Reaper
 
 KEYS = Keys()
 

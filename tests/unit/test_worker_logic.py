@@ -9,10 +9,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from producer.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.worker.loop import Worker
+from embedq.worker.settings import Settings
 from tests.support.fake_encoder import POISON, FakeEncoder, fake_vector
-from worker.loop import Worker
-from worker.settings import Settings
 
 KEYS = Keys()
 
