@@ -4,7 +4,14 @@ from .aio import AsyncEmbeddingClient
 from .call import Call
 from .client import EmbeddingClient
 from .embeddings import EmbedqEmbeddings
-from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError, QueueFull
+from .errors import (
+    EmbeddingConnectionError,
+    EmbeddingError,
+    EmbeddingTimeout,
+    EmbedqError,
+    InvalidInput,
+    QueueFull,
+)
 from .protocol import DEFAULT_QUEUE, PROTOCOL_VERSION, Keys
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "EmbeddingTimeout",
     "EmbedqEmbeddings",
     "EmbedqError",
+    "InvalidInput",
     "Keys",
     "QueueFull",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import redis.asyncio
 
 from .base import ClientBase
-from .call import Call, check_pushed, push_slices, redis_errors
+from .call import Call, check_pushed, redis_errors
 
 
 class AsyncEmbeddingClient(ClientBase):
@@ -19,10 +20,13 @@ class AsyncEmbeddingClient(ClientBase):
     async def send(self, *calls: Call) -> None:
         """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue
         already holds ``max_queue`` requests."""
-        payloads = [p for c in calls for p in c.payloads()]
         with redis_errors(self._where):
-            for args in push_slices(payloads, self.max_queue):
-                pushed = await self._enqueue(keys=[self.keys.queue], args=args)
+            if self.clock.stale():
+                sent = time.monotonic()
+                reply = await self.redis.time()
+                self.clock.update(reply, sent, time.monotonic())
+            for args in self._enqueue_args(calls):
+                pushed = await self._enqueue(keys=self._enqueue_keys, args=args)
                 check_pushed(int(pushed), self.keys.queue, self.max_queue)
 
     async def wait(self, call: Call) -> np.ndarray:
@@ -36,25 +40,29 @@ class AsyncEmbeddingClient(ClientBase):
                 call.accept(*popped)
         return call.result()
 
-    async def embed(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
+    async def embed(
+        self, texts: Sequence[str], kind: str = "query", *, truncate: bool | None = None
+    ) -> np.ndarray:
         """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
-        if len(texts) == 0:
+        call = self.call(texts, kind, truncate=truncate)
+        if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
-        call = self.call(texts, kind)
         await self.send(call)
         return await self.wait(call)
 
-    async def embed_query(self, text: str) -> list[float]:
+    async def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:
         """One question's vector, encoded with the model's query prefix."""
-        return (await self.embed([text], "query"))[0].tolist()
+        return (await self.embed([text], "query", truncate=truncate))[0].tolist()
 
-    async def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed_queries(self, texts: Sequence[str], *, truncate: bool | None = None) -> list[list[float]]:
         """Several questions' vectors, in input order."""
-        return (await self.embed(texts, "query")).tolist()
+        return (await self.embed(texts, "query", truncate=truncate)).tolist()
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed_documents(
+        self, texts: Sequence[str], *, truncate: bool | None = None
+    ) -> list[list[float]]:
         """Documents' vectors (passage prefix), in input order; split into max-batch requests."""
-        return (await self.embed(texts, "passage")).tolist()
+        return (await self.embed(texts, "passage", truncate=truncate)).tolist()
 
     async def aclose(self) -> None:
         """Release the connection pool."""

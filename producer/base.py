@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError
 from redis.retry import Retry
 
-from .call import ENQUEUE_SCRIPT, Call, describe
+from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
+from .clock import RedisClock
 from .protocol import DEFAULT_QUEUE, Keys
 
 DEFAULT_TIMEOUT = 5.0
@@ -18,6 +21,9 @@ DEFAULT_MAX_QUEUE = 10_000
 SOCKET_GRACE = 1.0
 """Socket timeout beyond the call timeout: a blocking pop ends by itself first (Redis answers
 within ~0.1 s of its timeout); a silently dropped connection ends by the socket soon after."""
+
+CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue")
+"""The options of every producer client, besides the Redis connection's."""
 
 
 def connection_options(timeout: float) -> dict[str, Any]:
@@ -33,6 +39,29 @@ def connection_options(timeout: float) -> dict[str, Any]:
         "health_check_interval": 30,
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(ConnectionError,)),
     }
+
+
+def _redis_option_names() -> frozenset[str]:
+    names = set(inspect.signature(redis.Redis.__init__).parameters)
+    names |= set(inspect.signature(redis.Connection.__init__).parameters)
+    names |= set(inspect.signature(redis.SSLConnection.__init__).parameters)
+    names |= set(inspect.signature(redis.ConnectionPool.__init__).parameters)
+    return frozenset(names - {"self", "kwargs", "args", "connection_pool", "host", "port", "db"})
+
+
+REDIS_OPTIONS = _redis_option_names()
+"""Keyword options redis-py's client and connections take: anything else is a typo."""
+
+
+def check_redis_options(owner: str, options: dict[str, Any]) -> None:
+    """``TypeError`` naming the accepted options if ``options`` holds one redis-py does not take."""
+    unknown = sorted(set(options) - REDIS_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"{owner} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(CLIENT_OPTIONS)} and redis-py connection options "
+            "(socket_timeout, password, ssl_ca_certs, ...)"
+        )
 
 
 class ClientBase:
@@ -55,13 +84,23 @@ class ClientBase:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        if isinstance(client, str):
+            raise TypeError(
+                f"{type(self).__name__} takes a redis-py client; for a URL use "
+                f"{type(self).__name__}.from_url({client!r})"
+            )
+        if not hasattr(client, "register_script"):
+            raise TypeError(f"{type(self).__name__} takes a redis-py client, got {type(client).__name__}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int)):
+            raise TypeError(f"max_queue must be an integer or None, got {max_queue!r}")
         self.redis = client
         self.keys = Keys(queue)
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.clock = RedisClock()
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self._where = describe(client.connection_pool.connection_kwargs)
 
@@ -77,7 +116,8 @@ class ClientBase:
         **redis_options: Any,
     ) -> Any:
         """A client on its own connection pool; ``redis_options`` override the socket settings."""
-        options = {**connection_options(timeout), **redis_options}
+        check_redis_options(f"{cls.__name__}.from_url", redis_options)
+        options = {**connection_options(check_timeout(timeout)), **redis_options}
         return cls(
             cls.redis_class.from_url(url, **options),
             queue=queue,
@@ -86,6 +126,19 @@ class ClientBase:
             max_queue=max_queue,
         )
 
-    def call(self, texts: Sequence[str], kind: str = "query") -> Call:
-        """A call for ``texts`` (split into max-batch requests), not yet sent."""
-        return Call(texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout)
+    def call(self, texts: Sequence[str], kind: str = "query", *, truncate: bool | None = None) -> Call:
+        """A call for ``texts`` (split into max-batch requests), not yet sent. ``truncate``: cut
+        texts longer than the model's token window (True), refuse them (False), or the worker's
+        default (None)."""
+        return Call(
+            texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout, truncate=truncate
+        )
+
+    def _enqueue_args(self, calls: Sequence[Call]) -> list[list[bytes | int]]:
+        now = self.clock.now_ms()
+        payloads = [p for c in calls for p in c.payloads(now)]
+        return list(push_slices(payloads, self.max_queue))
+
+    @property
+    def _enqueue_keys(self) -> list[str]:
+        return [self.keys.queue, self.keys.wake]

@@ -8,14 +8,23 @@ each reply and puts the vectors back in input order.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import redis.exceptions
 
-from .errors import EmbeddingConnectionError, EmbeddingError, EmbeddingTimeout, EmbedqError, QueueFull
-from .protocol import Keys, Reply, build_requests, unpack_reply
+from .errors import (
+    EmbeddingConnectionError,
+    EmbeddingError,
+    EmbeddingTimeout,
+    EmbedqError,
+    InvalidInput,
+    QueueFull,
+)
+from .protocol import KINDS, Keys, Reply, build_requests, shorten, unpack_reply
 
 MIN_WAIT = 0.001
 """Below this many seconds left a call counts as timed out (BLPOP's 0 would mean 'forever')."""
@@ -24,9 +33,13 @@ ENQUEUE_SCRIPT = """
 local depth = redis.call('LLEN', KEYS[1])
 local limit = tonumber(ARGV[1])
 if limit > 0 and depth >= limit then return -1 - depth end
-return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+local n = redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], -64, -1)
+return n
 """
-"""RPUSH unless the queue already holds ``limit`` requests (then -1 - depth): one round trip."""
+"""RPUSH onto the request list (KEYS[1]) unless it already holds ``limit`` requests (then
+-1 - depth), and leave a token on the wake list (KEYS[2]) for an idle worker: one round trip."""
 PUSH_SLICE = 1000
 """Payloads per script call (Lua's unpack has a stack limit)."""
 
@@ -43,25 +56,71 @@ def check_pushed(result: int, queue: str, limit: int | None) -> None:
         raise QueueFull(queue, -1 - result, limit or 0)
 
 
+def check_texts(texts: Sequence[str], kind: str) -> list[str]:
+    """The texts as a list, or ``InvalidInput`` naming the first bad one (checked before sending,
+    so a bad argument never becomes a request)."""
+    if isinstance(texts, (str, bytes)):
+        raise InvalidInput("texts must be a sequence of strings, not a single string: wrap it in a list")
+    if kind not in KINDS:
+        raise InvalidInput(f"kind must be 'query' or 'passage', got {shorten(kind)}")
+    items = list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise InvalidInput(f"text {i} is {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"text {i} cannot be encoded as UTF-8 at character {exc.start} ({exc.reason}): "
+                "a lone surrogate, usually from text decoded with errors='surrogateescape'"
+            ) from None
+    return items
+
+
+def check_timeout(timeout: float) -> float:
+    """A positive finite number of seconds, or ``ValueError``."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
 class Call:
     """The requests of one embedding call and the replies gathered so far."""
 
     def __init__(
-        self, texts: Sequence[str], kind: str, *, keys: Keys, max_batch: int, timeout: float
+        self,
+        texts: Sequence[str],
+        kind: str,
+        *,
+        keys: Keys,
+        max_batch: int,
+        timeout: float,
+        truncate: bool | None = None,
     ) -> None:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of strings, not a single string")
+        if truncate is not None and not isinstance(truncate, bool):
+            raise InvalidInput(f"truncate must be True, False or None, got {shorten(truncate)}")
         self.keys = keys
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
+        self.texts = check_texts(texts, kind)
+        self.kind = kind
+        self.truncate = truncate
+        self.max_batch = max_batch
         self.started = time.monotonic()
-        self.requests = build_requests(texts, kind, max_batch=max_batch, timeout=timeout)
+        self.requests = build_requests(
+            self.texts, kind, max_batch=max_batch, timeout=self.timeout, now_ms=0, truncate=truncate
+        )
+        """The requests, not yet stamped: ``payloads`` stamps them on the Redis clock."""
         self._slot = {keys.reply(r.id): i for i, r in enumerate(self.requests)}
         self.replies: list[Reply | None] = [None] * len(self.requests)
         """Each request's reply once answered: timings, batch size and worker, for monitoring."""
 
-    def payloads(self) -> list[bytes]:
-        """The packed requests, in input order, for one RPUSH."""
-        return [r.pack() for r in self.requests]
+    def payloads(self, now_ms: int) -> list[bytes]:
+        """The packed requests, in input order, for one RPUSH; their deadline is the call's,
+        stamped on the Redis clock (``now_ms``: Redis time now)."""
+        left_ms = int(max(0.0, self.timeout - (time.monotonic() - self.started)) * 1000)
+        return [replace(r, deadline_ms=now_ms + left_ms, sent_ms=now_ms).pack() for r in self.requests]
 
     def pending_keys(self) -> list[str]:
         """Reply keys still unanswered."""
@@ -80,15 +139,34 @@ class Call:
         return left
 
     def accept(self, key: bytes | str, raw: bytes) -> None:
-        """Take one popped reply; an error reply raises ``EmbeddingError``."""
+        """Take one popped reply; an error reply raises ``EmbeddingError`` (``EmbeddingTimeout``
+        when the workers gave up on the deadline)."""
         name = key.decode() if isinstance(key, bytes) else key
         slot = self._slot.get(name)
         if slot is None:  # not ours: cannot happen with BLPOP on our own keys
             return
-        reply = unpack_reply(raw)
+        try:
+            reply = unpack_reply(raw)
+        except ValueError as exc:
+            raise EmbeddingError("bad_reply", str(exc), self.requests[slot].id) from None
         if not reply.ok:
+            if reply.code == "deadline_exceeded":
+                raise EmbeddingTimeout(
+                    time.monotonic() - self.started,
+                    self.keys.queue,
+                    len(self.pending_keys()),
+                    reason=f"a worker gave up on it: {reply.message}",
+                )
             raise EmbeddingError(reply.code or "error", reply.message or "", reply.id)
-        expected = len(self.requests[slot].texts)
+        request = self.requests[slot]
+        if reply.digest and reply.digest != request.digest:
+            raise EmbeddingError(
+                "bad_reply",
+                f"the reply on {name!r} answers other texts than this request's: two producers used "
+                "the same request id",
+                reply.id,
+            )
+        expected = len(request.texts)
         if reply.vectors is None or len(reply.vectors) != expected:
             raise EmbeddingError(
                 "bad_reply",
@@ -97,6 +175,15 @@ class Call:
                 reply.id,
             )
         self.replies[slot] = reply
+
+    @property
+    def truncated(self) -> list[int]:
+        """Indexes (into the call's texts) of the texts the worker cut to the model's window."""
+        out: list[int] = []
+        for i, reply in enumerate(self.replies):
+            if reply is not None:
+                out.extend(i * self.max_batch + t for t in reply.truncated)
+        return out
 
     def result(self) -> np.ndarray:
         """All vectors as one float32 matrix, rows in input order."""
@@ -126,4 +213,4 @@ def redis_errors(where: str) -> Iterator[None]:
             f"cannot talk to Redis at {where}: {exc}. Is redis-server running and REDIS_URL right?"
         ) from exc
     except redis.exceptions.RedisError as exc:
-        raise EmbedqError(f"Redis at {where} refused a command: {exc}") from exc
+        raise EmbedqError(f"Redis at {where} refused a command: {shorten(str(exc))}") from exc

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import redis
 
 from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, ClientBase, connection_options
-from .call import Call, check_pushed, push_slices, redis_errors
+from .call import Call, check_pushed, redis_errors
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -23,7 +24,9 @@ class EmbeddingClient(ClientBase):
     """Embeds texts through the embedq workers; thread-safe (redis-py pools connections).
 
     ``timeout`` bounds each call end to end: it is also the requests' deadline, after which a
-    worker drops them instead of encoding for nobody.
+    worker drops them instead of encoding for nobody. ``truncate`` on each method: cut a text
+    longer than the model's token window as the model does (True), refuse it (False), or the
+    worker's default (None, normally True).
     """
 
     redis_class = redis.Redis
@@ -31,10 +34,13 @@ class EmbeddingClient(ClientBase):
     def send(self, *calls: Call) -> None:
         """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue
         already holds ``max_queue`` requests."""
-        payloads = [p for c in calls for p in c.payloads()]
         with redis_errors(self._where):
-            for args in push_slices(payloads, self.max_queue):
-                pushed = self._enqueue(keys=[self.keys.queue], args=args)
+            if self.clock.stale():
+                sent = time.monotonic()
+                reply = self.redis.time()
+                self.clock.update(reply, sent, time.monotonic())
+            for args in self._enqueue_args(calls):
+                pushed = self._enqueue(keys=self._enqueue_keys, args=args)
                 check_pushed(int(pushed), self.keys.queue, self.max_queue)
 
     def wait(self, call: Call) -> np.ndarray:
@@ -48,25 +54,25 @@ class EmbeddingClient(ClientBase):
                 call.accept(*popped)
         return call.result()
 
-    def embed(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
+    def embed(self, texts: Sequence[str], kind: str = "query", *, truncate: bool | None = None) -> np.ndarray:
         """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
-        if len(texts) == 0:
+        call = self.call(texts, kind, truncate=truncate)
+        if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
-        call = self.call(texts, kind)
         self.send(call)
         return self.wait(call)
 
-    def embed_query(self, text: str) -> list[float]:
+    def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:
         """One question's vector, encoded with the model's query prefix."""
-        return self.embed([text], "query")[0].tolist()
+        return self.embed([text], "query", truncate=truncate)[0].tolist()
 
-    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+    def embed_queries(self, texts: Sequence[str], *, truncate: bool | None = None) -> list[list[float]]:
         """Several questions' vectors, in input order."""
-        return self.embed(texts, "query").tolist()
+        return self.embed(texts, "query", truncate=truncate).tolist()
 
-    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+    def embed_documents(self, texts: Sequence[str], *, truncate: bool | None = None) -> list[list[float]]:
         """Documents' vectors (passage prefix), in input order; split into max-batch requests."""
-        return self.embed(texts, "passage").tolist()
+        return self.embed(texts, "passage", truncate=truncate).tolist()
 
     def close(self) -> None:
         """Release the connection pool."""

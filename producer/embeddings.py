@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .aio import AsyncEmbeddingClient
-from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT
+from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, check_redis_options
 from .client import EmbeddingClient
 from .protocol import DEFAULT_QUEUE
 
@@ -30,14 +30,24 @@ class EmbedqEmbeddings(_Base):
 
     def __init__(
         self,
-        url: str = "redis://localhost:6379/0",
+        url: str | None = None,
         *,
+        redis_url: str | None = None,
         queue: str = DEFAULT_QUEUE,
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int | None = DEFAULT_MAX_QUEUE,
+        truncate: bool | None = None,
         **redis_options: Any,
     ) -> None:
+        if url is not None and redis_url is not None and url != redis_url:
+            raise TypeError("EmbedqEmbeddings got both url and redis_url: pass one")
+        url = url or redis_url or "redis://localhost:6379/0"
+        check_redis_options("EmbedqEmbeddings", redis_options)
+        if truncate is not None and not isinstance(truncate, bool):
+            raise TypeError(f"truncate must be True, False or None, got {truncate!r}")
+        self.truncate = truncate
+        """Texts over the model's token window: cut (True), refused (False), worker default (None)."""
         self._options: dict[str, Any] = {
             "queue": queue,
             "timeout": timeout,
@@ -58,19 +68,19 @@ class EmbedqEmbeddings(_Base):
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one question."""
-        return self.client.embed_query(text)
+        return self.client.embed_query(text, truncate=self.truncate)
 
     def embed_documents(self, texts: list[str] | Sequence[str]) -> list[list[float]]:
         """The vectors of documents, in input order."""
-        return self.client.embed_documents(texts)
+        return self.client.embed_documents(texts, truncate=self.truncate)
 
     async def aembed_query(self, text: str) -> list[float]:
         """The vector of one question, awaitable."""
-        return await self.async_client.embed_query(text)
+        return await self.async_client.embed_query(text, truncate=self.truncate)
 
     async def aembed_documents(self, texts: list[str] | Sequence[str]) -> list[list[float]]:
         """The vectors of documents, in input order, awaitable."""
-        return await self.async_client.embed_documents(texts)
+        return await self.async_client.embed_documents(texts, truncate=self.truncate)
 
     def close(self) -> None:
         """Release the sync client's connections (the async one closes with ``aclose``)."""

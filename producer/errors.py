@@ -7,14 +7,22 @@ class EmbedqError(Exception):
     """Base class of every embedq producer error."""
 
 
+class InvalidInput(EmbedqError, ValueError):
+    """An argument the producer refuses before sending anything (a text that is not a string or
+    cannot be encoded as UTF-8, an unknown kind)."""
+
+
 class EmbeddingTimeout(EmbedqError, TimeoutError):
     """No reply arrived within the timeout: no worker is running, or the workers are behind."""
 
-    def __init__(self, waited: float, queue: str, pending: int) -> None:
+    def __init__(self, waited: float, queue: str, pending: int, reason: str = "") -> None:
+        why = reason or (
+            "check that a worker is running against this Redis and queue (embedq status), "
+            "or add workers if they are behind"
+        )
         super().__init__(
             f"no reply from an embedding worker after {waited:.2f}s "
-            f"({pending} request(s) unanswered on queue {queue!r}); "
-            "check that a worker is running against this Redis and queue (embedq-worker)"
+            f"({pending} request(s) unanswered on queue {queue!r}); {why}"
         )
         self.waited = waited
         self.queue = queue

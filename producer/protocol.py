@@ -7,18 +7,19 @@ documents the same maps for producers written in other languages.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
-"""Version carried in every request and reply (field ``v``)."""
+PROTOCOL_VERSION = 2
+"""Version carried in every request and reply (field ``v``). Version 2 measures deadlines on the
+Redis server's clock (``deadline_ms``), never on the producer's or the worker's."""
 
 DEFAULT_QUEUE = "embed:requests"
 """The request list producers RPUSH onto and workers take from the left."""
@@ -31,6 +32,24 @@ ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")
 
 DTYPE = np.dtype("<f4")
 """Vectors travel as float32 little-endian bytes, row after row."""
+
+ECHO_CHARS = 200
+"""At most this much of any field a request carries is echoed into a reply, a dead letter or a
+log line: a 10 MB id must not become a 10 MB log."""
+
+
+def shorten(value: Any, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, saying how long it was."""
+    if isinstance(value, (bytes, bytearray)):
+        head = bytes(value[:limit])
+        text = repr(head)
+        return text if len(value) <= limit else f"{text}... ({len(value)} bytes)"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = (
+        repr(value) if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+    )
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,12 @@ class Keys:
         return [(self.queue, self.processing(worker_id)), (self.bulk, self.bulk_processing(worker_id))]
 
     @property
+    def wake(self) -> str:
+        """A list of tokens pushed with each enqueue: idle workers block on it, not on the request
+        lists, so no request (whatever its size) is ever handed over by a blocking pop."""
+        return f"{self.namespace}:wake"
+
+    @property
     def workers(self) -> str:
         """Set of the ids of workers that have served this queue (live or not yet reaped)."""
         return f"{self.namespace}:workers"
@@ -111,61 +136,118 @@ def new_request_id() -> str:
 
 @dataclass(frozen=True)
 class Request:
-    """One producer request: texts of one kind, answered by one reply."""
+    """One producer request: texts of one kind, answered by one reply.
+
+    ``deadline_ms`` and ``sent_ms`` are milliseconds on the Redis server's clock (its ``TIME``),
+    so producer and worker hosts may disagree about the time without effect. ``truncate`` says
+    what to do with a text longer than the model's token window: cut it as the model does (True),
+    refuse it with ``text_too_long`` (False), or the worker's default (None).
+    """
 
     id: str
     kind: str
     texts: list[str]
-    deadline: float
-    sent_at: float = field(default_factory=time.time)
+    deadline_ms: int
+    sent_ms: int
+    truncate: bool | None = None
     version: int = PROTOCOL_VERSION
 
     def pack(self) -> bytes:
-        """The msgpack map a producer RPUSHes onto the request queue."""
-        return msgpack.packb(
-            {
-                "v": self.version,
-                "id": self.id,
-                "kind": self.kind,
-                "texts": self.texts,
-                "deadline": self.deadline,
-                "sent_at": self.sent_at,
-            },
-            use_bin_type=True,
-        )
+        """The msgpack map a producer RPUSHes onto the request queue (``id`` early, so that even
+        a request whose texts cannot be decoded can be answered)."""
+        body: dict[str, Any] = {
+            "v": self.version,
+            "id": self.id,
+            "kind": self.kind,
+            "deadline_ms": self.deadline_ms,
+            "sent_ms": self.sent_ms,
+        }
+        if self.truncate is not None:
+            body["truncate"] = self.truncate
+        body["texts"] = self.texts
+        return msgpack.packb(body, use_bin_type=True)
+
+    @property
+    def digest(self) -> str:
+        """What the reply echoes so a producer can tell its answer from another request's."""
+        return texts_digest(self.kind, self.texts)
 
 
-def build_requests(texts: Sequence[str], kind: str, *, max_batch: int, timeout: float) -> list[Request]:
-    """Split texts into requests of at most ``max_batch`` texts, all sharing one deadline.
+def texts_digest(kind: str, texts: Sequence[str]) -> str:
+    """A short hash of a request's kind and texts (16 hex digits)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(kind.encode())
+    for text in texts:
+        h.update(b"\x00")
+        h.update(text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def build_requests(
+    texts: Sequence[str],
+    kind: str,
+    *,
+    max_batch: int,
+    timeout: float,
+    now_ms: int,
+    truncate: bool | None = None,
+) -> list[Request]:
+    """Split texts into requests of at most ``max_batch`` texts, all sharing one deadline
+    ``timeout`` seconds after ``now_ms`` (the Redis clock).
 
     Splitting keeps one large call from filling a worker's batch by itself; the caller
     reassembles the replies in this order.
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-    now = time.time()
-    deadline = now + timeout
+    deadline_ms = now_ms + int(timeout * 1000)
     items = list(texts)
     return [
         Request(
             id=new_request_id(),
             kind=kind,
             texts=items[i : i + max_batch],
-            deadline=deadline,
-            sent_at=now,
+            deadline_ms=deadline_ms,
+            sent_ms=now_ms,
+            truncate=truncate,
         )
         for i in range(0, len(items), max_batch)
     ]
 
 
 def peek_id(raw: bytes) -> str | None:
-    """The request id inside raw request bytes, or None if it has no usable one."""
+    """The request id inside raw request bytes, or None if it has no usable one.
+
+    Works on requests whose texts do not decode (invalid UTF-8, nesting too deep) and on the
+    first bytes of one too large to read: the id is looked for in the top-level map only, then,
+    if the map cannot be walked, as the ``id`` key's 32-character string anywhere.
+    """
+    unpacker = msgpack.Unpacker(raw=True, max_buffer_size=max(len(raw), 1))
+    unpacker.feed(raw)
     try:
-        obj = msgpack.unpackb(raw, raw=False)
-    except Exception:
-        return None
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) and ID_PATTERN.match(rid) else None
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == b"id":
+                rid = unpacker.unpack()
+                return _valid_id(rid)
+            unpacker.skip()
+    except Exception:  # msgpack raises several unrelated types for bad input
+        pass
+    at = raw.find(_ID_MARK)
+    return _valid_id(raw[at + len(_ID_MARK) : at + len(_ID_MARK) + 32]) if at >= 0 else None
+
+
+_ID_MARK = b"\xa2id\xd9\x20"
+"""msgpack for the key ``id`` followed by the header of a 32-byte string."""
+
+
+def _valid_id(value: object) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) and ID_PATTERN.match(value) else None
 
 
 class Rejected(Exception):
@@ -186,31 +268,60 @@ class Limits:
     max_text_chars: int = 8192
     texts_setting: str = "EMBED_MAX_BATCH"
     """The worker setting that sets ``max_texts``, named in the refusal."""
+    max_bytes: int = 0
+    """Largest raw request accepted, checked before decoding; 0: sized from the text limits."""
+
+    @property
+    def byte_cap(self) -> int:
+        """``max_bytes``, or what the largest valid request can take (4 UTF-8 bytes a character,
+        plus room for the map)."""
+        return self.max_bytes or default_max_bytes(self.max_texts, self.max_text_chars)
+
+
+def default_max_bytes(max_texts: int, max_text_chars: int) -> int:
+    """Bytes the largest valid request of these limits can need."""
+    return max_texts * (max_text_chars * 4 + 8) + 1024
 
 
 def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def parse_request(raw: bytes, limits: Limits) -> Request:
     """Decode and validate one raw request, or raise ``Rejected`` with a message a person can act on.
 
-    The id is checked first so that every later refusal can be sent back to its producer.
+    The size is checked before anything is decoded, then the id, so that every later refusal can
+    be sent back to its producer; a request that does not decode is answered when its id can be
+    recovered. Fields echoed in messages are shortened.
     """
+    if len(raw) > limits.byte_cap:
+        raise Rejected(
+            "request_too_large",
+            f"request is {len(raw)} bytes; this worker accepts at most {limits.byte_cap} "
+            "(EMBED_MAX_REQUEST_BYTES): send fewer or shorter texts",
+            peek_id(raw[:4096]),
+        )
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise Rejected(
-            "invalid_msgpack", f"request is not valid msgpack ({type(exc).__name__}: {exc})"
+            "invalid_msgpack",
+            f"request does not decode ({type(exc).__name__}: {shorten(str(exc))}): it must be a msgpack "
+            "map whose strings are valid UTF-8",
+            peek_id(raw),
         ) from None
     if not isinstance(obj, dict):
         raise Rejected("invalid_request", f"request must be a msgpack map, got {_describe(obj)}")
 
     request_id = obj.get("id")
     if not isinstance(request_id, str) or not ID_PATTERN.match(request_id):
-        shown = request_id if isinstance(request_id, (str, int, float)) else _describe(request_id)
         raise Rejected(
-            "invalid_id", f"field 'id' must be 32 lowercase hex characters (uuid4().hex), got {shown!r}"
+            "invalid_id",
+            f"field 'id' must be 32 lowercase hex characters (uuid4().hex), got {shorten(request_id)}",
         )
 
     def reject(code: str, message: str) -> Rejected:
@@ -218,20 +329,33 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
 
     version = obj.get("v")
     if version != PROTOCOL_VERSION:
+        hint = (
+            " (v1 producers sent deadlines on their own clock: upgrade the producer)" if version == 1 else ""
+        )
         raise reject(
             "unsupported_version",
-            f"protocol version {version!r} is not supported; this worker speaks v{PROTOCOL_VERSION}",
+            f"protocol version {shorten(version)} is not supported; "
+            f"this worker speaks v{PROTOCOL_VERSION}{hint}",
         )
     kind = obj.get("kind")
     if kind not in KINDS:
-        raise reject("invalid_kind", f"field 'kind' must be 'query' or 'passage', got {kind!r}")
+        raise reject("invalid_kind", f"field 'kind' must be 'query' or 'passage', got {shorten(kind)}")
 
-    deadline = obj.get("deadline")
-    if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
-        raise reject("invalid_request", f"field 'deadline' must be a unix time in seconds, got {deadline!r}")
-    sent_at = obj.get("sent_at", deadline)
-    if not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool):
-        raise reject("invalid_request", f"field 'sent_at' must be a unix time in seconds, got {sent_at!r}")
+    deadline_ms = obj.get("deadline_ms")
+    if not _is_int(deadline_ms):
+        raise reject(
+            "invalid_request",
+            f"field 'deadline_ms' must be an integer (Redis TIME in ms), got {shorten(deadline_ms)}",
+        )
+    sent_ms = obj.get("sent_ms", deadline_ms)
+    if not _is_int(sent_ms):
+        raise reject(
+            "invalid_request",
+            f"field 'sent_ms' must be an integer (Redis TIME in ms), got {shorten(sent_ms)}",
+        )
+    truncate = obj.get("truncate")
+    if truncate is not None and not isinstance(truncate, bool):
+        raise reject("invalid_request", f"field 'truncate' must be true or false, got {shorten(truncate)}")
 
     texts = obj.get("texts")
     if not isinstance(texts, list):
@@ -259,8 +383,9 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
         id=request_id,
         kind=kind,
         texts=texts,
-        deadline=float(deadline),
-        sent_at=float(sent_at),
+        deadline_ms=deadline_ms,
+        sent_ms=sent_ms,
+        truncate=truncate,
     )
 
 
@@ -269,7 +394,12 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
 
 @dataclass(frozen=True)
 class Reply:
-    """A worker's answer to one request: vectors, or an error code and message."""
+    """A worker's answer to one request: vectors, or an error code and message.
+
+    ``truncated`` lists the indexes of texts cut to the model's token window (as the model
+    itself cuts them); ``digest`` is the request's ``texts_digest``, so that a producer never
+    takes another request's vectors for its own.
+    """
 
     id: str
     vectors: np.ndarray | None = None
@@ -279,6 +409,8 @@ class Reply:
     encode_ms: float = 0.0
     batch_size: int = 0
     worker: str = ""
+    truncated: tuple[int, ...] = ()
+    digest: str = ""
 
     @property
     def ok(self) -> bool:
@@ -300,6 +432,8 @@ class Reply:
             matrix = np.ascontiguousarray(self.vectors, dtype=DTYPE)
             body["count"], body["dim"] = matrix.shape
             body["vectors"] = matrix.tobytes()
+            body["truncated"] = list(self.truncated)
+            body["digest"] = self.digest
         else:
             body["code"] = self.code
             body["message"] = self.message
@@ -308,20 +442,32 @@ class Reply:
 
 def unpack_reply(raw: bytes) -> Reply:
     """Decode a reply map; a malformed one raises ``ValueError`` naming what is wrong."""
-    obj = msgpack.unpackb(raw, raw=False)
+    try:
+        obj = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:
+        raise ValueError(f"reply does not decode: {type(exc).__name__}: {shorten(str(exc))}") from None
     if not isinstance(obj, dict) or obj.get("v") != PROTOCOL_VERSION:
-        raise ValueError(f"unexpected reply: {obj!r:.200}")
-    common = {
-        "id": obj.get("id", ""),
-        "queue_ms": float(obj.get("queue_ms", 0.0)),
-        "encode_ms": float(obj.get("encode_ms", 0.0)),
-        "batch_size": int(obj.get("batch_size", 0)),
-        "worker": str(obj.get("worker", "")),
-    }
-    if obj.get("ok"):
-        count, dim = int(obj["count"]), int(obj["dim"])
-        vectors = np.frombuffer(obj["vectors"], dtype=DTYPE)
-        if vectors.size != count * dim:
-            raise ValueError(f"reply holds {vectors.size} floats, expected {count} x {dim}")
-        return Reply(vectors=vectors.reshape(count, dim), **common)
-    return Reply(code=str(obj.get("code")), message=str(obj.get("message")), **common)
+        raise ValueError(f"unexpected reply: {shorten(obj)}")
+    try:
+        common = {
+            "id": str(obj.get("id", "")),
+            "queue_ms": float(obj.get("queue_ms", 0.0)),
+            "encode_ms": float(obj.get("encode_ms", 0.0)),
+            "batch_size": int(obj.get("batch_size", 0)),
+            "worker": str(obj.get("worker", "")),
+        }
+        if obj.get("ok"):
+            count, dim = int(obj["count"]), int(obj["dim"])
+            vectors = np.frombuffer(obj["vectors"], dtype=DTYPE)
+            if vectors.size != count * dim:
+                raise ValueError(f"reply holds {vectors.size} floats, expected {count} x {dim}")
+            truncated = tuple(int(i) for i in obj.get("truncated", ()))
+            return Reply(
+                vectors=vectors.reshape(count, dim),
+                truncated=truncated,
+                digest=str(obj.get("digest", "")),
+                **common,
+            )
+        return Reply(code=str(obj.get("code")), message=str(obj.get("message")), **common)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed reply: {type(exc).__name__}: {shorten(str(exc))}") from None

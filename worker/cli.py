@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from types import FrameType
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -43,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(Settings):
         shown = {None: "auto", MISSING: "hostname-pid"}.get(f.default, f.default)
         flag = "--" + f.name.replace("_", "-")
-        options = {"dest": f.name, "type": _TYPES.get(str(f.type), str), "default": None}
+        options: dict[str, Any] = {"dest": f.name, "default": None}
+        if str(f.type) == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = _TYPES.get(str(f.type), str)
         run_parser.add_argument(flag, help=f"env {ENV[f.name]} (default: {shown!r})", **options)
         if f.name in ("redis_url", "queue", "worker_id", "max_attempts", "reply_ttl", "dead_max"):
             for p in (health, reap):
@@ -96,7 +101,12 @@ def run(settings: Settings) -> int:
     from .loop import IDLE_BLOCK_S, Worker
 
     encoder = build_encoder(settings)
-    worker = Worker(settings, encoder, connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0))
+    worker = Worker(
+        settings,
+        encoder,
+        connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0),
+        beat_client=connect(settings, socket_timeout=max(1.0, settings.heartbeat_ttl)),
+    )
     worker.warm_up()
     if settings.metrics_port:
         worker.metrics.serve(settings.metrics_port)
@@ -127,12 +137,16 @@ def run(settings: Settings) -> int:
 
 
 def health(settings: Settings, *, explicit_id: bool, any_worker: bool) -> int:
-    """0 if the worker(s) asked about have a fresh heartbeat, else 1; quick enough for a
-    container healthcheck."""
-    from .presence import live_workers
+    """0 if the worker(s) asked about have a fresh heartbeat and no Redis trouble, else 1; quick
+    enough for a container healthcheck."""
+    from embedq.clock import time_reply_ms
+
+    from .presence import eviction_warning, live_workers
 
     try:
-        live = live_workers(connect(settings, socket_timeout=2.0), settings.keys)
+        client = connect(settings, socket_timeout=2.0)
+        live = live_workers(client, settings.keys)
+        now_ms = time_reply_ms(client.time())
     except redis.exceptions.RedisError as exc:
         print(f"unhealthy: cannot read heartbeats from Redis: {exc}")
         return 1
@@ -148,13 +162,24 @@ def health(settings: Settings, *, explicit_id: bool, any_worker: bool) -> int:
             f"unhealthy: no fresh heartbeat on queue {settings.queue!r} ({len(live)} live worker(s) in all)"
         )
         return 1
+    code = 0
     for w in wanted:
         info = live[w]
-        print(
-            f"healthy: {w} model={info.get('model')} batches={info.get('batches')} "
-            f"beat {time.time() - float(info.get('beat', 0)):.1f}s ago"
-        )
-    return 0
+        trouble = info.get("redis_trouble") or info.get("beat_trouble")
+        beat = info.get("beat_ms")
+        age = f"{(now_ms - int(beat)) / 1000:.1f}s ago" if isinstance(beat, int) else "just now"
+        if trouble:
+            code = 1
+            print(
+                f"unhealthy: {w} has Redis trouble for {trouble.get('for_s')}s: {trouble.get('code')}: "
+                f"{trouble.get('message')}"
+            )
+            continue
+        print(f"healthy: {w} model={info.get('model')} batches={info.get('batches')} beat {age}")
+        warning = eviction_warning(info.get("maxmemory_policy"))
+        if warning:
+            print(f"warning: {warning}")
+    return code
 
 
 def reap(settings: Settings) -> int:

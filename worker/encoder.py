@@ -34,9 +34,15 @@ class Encoder(Protocol):
     name: str
     dim: int
     prefixes: Mapping[str, str]
+    max_tokens: int | None
+    """The model's token window (texts longer than it are cut), or None if it has none."""
 
     def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
         """One float32 row per text, unit length; ``kinds[i]`` is ``query`` or ``passage``."""
+        ...
+
+    def token_counts(self, texts: Sequence[str], kinds: Sequence[str]) -> list[int]:
+        """How many tokens each text takes with its prefix and the special tokens, uncut."""
         ...
 
 
@@ -122,6 +128,9 @@ class SentenceTransformerEncoder:
         )
         self.prefix_source = resolved.source
         self.prefixes = resolved.as_dict()
+        self.max_tokens: int | None = getattr(self.model, "max_seq_length", None)
+        first = self.model[0] if len(self.model) else None
+        self._lowercase = bool(getattr(first, "do_lower_case", False))
         # Instruction models pool without the prompt tokens: there the prompt must go through
         # sentence-transformers' prompt argument, one kind per call, to give the model's vectors.
         self._prompt_outside_pooling = any(
@@ -149,6 +158,15 @@ class SentenceTransformerEncoder:
             rows = [i for i, k in enumerate(kinds) if k == kind]
             out[rows] = self._run([texts[i] for i in rows], prompt=self.prefixes[kind])
         return out
+
+    def token_counts(self, texts: Sequence[str], kinds: Sequence[str]) -> list[int]:
+        """Tokens per text as the model's tokenizer counts them before cutting to its window
+        (prefix and special tokens included; stripped and lowercased as sentence-transformers does)."""
+        inputs = [(self.prefixes[k] + t).strip() for k, t in zip(kinds, texts, strict=True)]
+        if self._lowercase:
+            inputs = [t.lower() for t in inputs]
+        encoded = self.model.tokenizer(inputs, add_special_tokens=True, truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def _run(self, inputs: list[str], *, prompt: str) -> np.ndarray:
         # prompt="" keeps sentence-transformers from adding a default prompt of its own.

@@ -2,8 +2,9 @@
 
 One process runs one loop and one encode at a time, by design: on a CPU, concurrent encodes
 fight for the cores (the design record: 10 at once took 8x longer each). Nothing a request
-carries can stop the loop; a batch whose encode fails is retried text by text so only the bad
-text's request gets an error.
+carries can stop the loop, and nothing Redis answers can either: a batch whose encode fails is
+retried text by text so only the bad text's request gets an error, and a Redis error is logged
+with its fix, waited out with backoff and reported (``redis_errors``), never fatal.
 """
 
 from __future__ import annotations
@@ -11,42 +12,89 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
 
-from embedq.protocol import Reply
+from embedq.protocol import Reply, Request
 
 from .batching import Batcher, make_policy
 from .encoder import Encoder
+from .lane import DeadLetter, RedisQueue, Taken
 from .metrics import Metrics
 from .presence import Presence
 from .reaper import Reaper
-from .redis_queue import DeadLetter, RedisQueue, Taken
+from .redis_errors import RedisGuard
 from .settings import Settings
 
 log = logging.getLogger("embedq.worker")
 
 IDLE_BLOCK_S = 0.25
-"""How long one blocking take waits for a first online request before the loop looks at the
-bulk list again (a bulk request cannot wake it) and checks for a stop."""
-BULK_LINGER_S = 0.5
-"""After a bulk batch, poll both lists this long instead of blocking on the online one (which
-a bulk request would not wake): a bulk job's next request is usually milliseconds away."""
-BULK_POLL_S = 0.002
+"""How long one idle wait for a wake token lasts before the loop looks for a stop (and for
+requests pushed without a token)."""
 INFO_METRIC_FIELDS = (
     "model", "dim", "device", "threads", "max_batch", "bulk_max_batch",
-    "batch_policy", "batch_wait_ms", "queue",
+    "batch_policy", "batch_wait_ms", "queue", "max_tokens", "truncate",
 )  # fmt: skip
 """What ``embedq_worker_info`` reports of ``Worker.info()``."""
-BACKOFF_MAX_S = 2.0
-"""Cap of the wait between reconnection attempts while Redis is unreachable."""
+DEPTH_EVERY_S = 1.0
+"""How often the queue-depth gauges are read."""
+SKIP_LOG_EVERY_S = 10.0
+"""Skipped (past-deadline) requests are logged at most this often, as a count."""
+EWMA_ALPHA = 0.2
+
+
+@dataclass
+class EncodeEstimate:
+    """How long an encode of n texts is expected to take: a moving average per text."""
+
+    per_text_ms: float = 0.0
+    samples: int = 0
+
+    def add(self, texts: int, ms: float) -> None:
+        """One encode of ``texts`` texts took ``ms``."""
+        if texts <= 0:
+            return
+        per_text = ms / texts
+        self.per_text_ms = (
+            per_text if not self.samples else (1 - EWMA_ALPHA) * self.per_text_ms + EWMA_ALPHA * per_text
+        )
+        self.samples += 1
+
+    def expected_ms(self, texts: int) -> float:
+        """Expected encode time of ``texts`` texts."""
+        return self.per_text_ms * texts
+
+
+@dataclass
+class Outcomes:
+    """What a batch does, gathered before the one atomic write."""
+
+    replies: list[Reply] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    retry: list[Taken] = field(default_factory=list)
+    counts: list[str] = field(default_factory=list)
+    """One outcome per reply, in ``replies`` order (``ok``, ``error``...)."""
+    deadlines: list[int] = field(default_factory=list)
+    """Each reply's request deadline (Redis ms), in ``replies`` order."""
+
+    def reply(self, reply: Reply, outcome: str, deadline_ms: int = 0) -> None:
+        self.replies.append(reply)
+        self.counts.append(outcome)
+        self.deadlines.append(deadline_ms)
 
 
 class Worker:
     """Serves one request queue with one encoder until ``stop()`` is called."""
 
-    def __init__(self, settings: Settings, encoder: Encoder, client: redis.Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: Encoder,
+        client: redis.Redis,
+        beat_client: redis.Redis | None = None,
+    ) -> None:
         self.settings = settings
         self.encoder = encoder
         self.redis = client
@@ -64,14 +112,27 @@ class Worker:
             )
 
         self.queue, self.bulk = lane(False), lane(True)
-        self.presence = Presence(client, keys, settings.worker_id, ttl=settings.heartbeat_ttl)
+        self.metrics = Metrics()
+        self.counts = self.metrics.counts
+        self.guard = RedisGuard(on_error=self.metrics.redis_error)
+        beats = beat_client or client
         self.reaper = Reaper(
-            client,
+            beats,
             keys,
             max_attempts=settings.max_attempts,
             reply_ttl=settings.reply_ttl,
             dead_max=settings.dead_max,
             me=settings.worker_id,
+        )
+        self.presence = Presence(
+            beats,
+            keys,
+            settings.worker_id,
+            ttl=settings.heartbeat_ttl,
+            info=self.info,
+            reap=self.reaper.reap_once,
+            reap_interval=settings.reap_interval,
+            guard=RedisGuard(on_error=self.metrics.redis_error),
         )
         self.policy = make_policy(
             settings.batch_policy,
@@ -80,12 +141,12 @@ class Worker:
             gap_s=settings.batch_gap_ms / 1000.0,
         )
         self.batcher: Batcher[Taken] = Batcher(self.policy, self.queue, lambda t: t.size)
-        self.metrics = Metrics()
-        self.counts = self.metrics.counts
+        self.estimate = EncodeEstimate()
         self.batches = 0
         self._stopping = False
-        self._next_reap = 0.0
-        self._bulk_seen = -BULK_LINGER_S
+        self._next_depth = 0.0
+        self._skipped_since_log = 0
+        self._next_skip_log = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -99,18 +160,23 @@ class Worker:
         return self._stopping
 
     def warm_up(self) -> None:
-        """One encode before serving, so the first real request does not pay for lazy setup."""
+        """One encode before serving, so the first real request does not pay for lazy setup;
+        it also gives the first encode-time estimate."""
+        started = time.perf_counter()
         self.encoder.encode(["warm-up"], ["query"])
+        self.estimate.add(1, (time.perf_counter() - started) * 1000.0)
 
     def describe(self) -> str:
         """The start-up line: everything that decides what vectors and latency a user gets."""
         s, e = self.settings, self.encoder
         source = getattr(e, "prefix_source", "encoder")
         return (
-            f"worker {s.worker_id} ready: model={e.name} dim={e.dim} device={s.device} "
+            f"worker {s.worker_id} ready: model={e.name} dim={e.dim} max_tokens={e.max_tokens} "
+            f"truncate={s.truncate} device={s.device} "
             f"threads={s.threads} max_batch={s.max_batch} bulk_max_batch={s.bulk_max_batch} "
             f"batch_policy={s.batch_policy} "
             f"batch_wait_ms={s.batch_wait_ms:g} batch_gap_ms={s.batch_gap_ms:g} "
+            f"max_request_bytes={s.limits.byte_cap} "
             f"prefixes: query={e.prefixes['query']!r} passage={e.prefixes['passage']!r} "
             f"({source}) queue={s.queue!r}"
         )
@@ -121,6 +187,8 @@ class Worker:
         return {
             "model": e.name,
             "dim": e.dim,
+            "max_tokens": e.max_tokens,
+            "truncate": s.truncate,
             "device": s.device,
             "threads": s.threads,
             "max_batch": s.max_batch,
@@ -133,31 +201,35 @@ class Worker:
             "batches": self.batches,
             "counts": dict(self.counts),
             "last_minute": self.metrics.last_minute(),
+            "redis_trouble": self.guard.report(),
         }
 
     def run(self) -> None:
-        """Serve until stopped; survives Redis outages by reconnecting with capped backoff."""
-        self._call_redis(self._start)
+        """Serve until stopped; waits out Redis outages and refusals with capped backoff."""
+        self._until_ok(self._start, "starting")
+        self.presence.start()
         log.info(self.describe())
         while not self._stopping:
-            if not self._call_redis(self.tick):
-                self.batcher.drain()  # what it held is back on the queue (recovered on reconnect)
-        self._call_redis(self._leave)
+            try:
+                self.tick()
+                self.guard.recovered()
+            except Exception as exc:
+                self._recover_from(exc)
+        self.presence.stop()
+        self._until_ok(self._leave, "leaving", attempts=3)
         log.info("worker %s stopped: %s", self.settings.worker_id, dict(self.counts))
 
     def tick(self) -> None:
-        """One turn of the loop: a batch (or an idle wait), the heartbeat, a reaper pass if due."""
+        """One turn of the loop: a batch (or an idle wait); the depth gauges now and then."""
         self.serve_once()
-        if self.presence.due():
-            self.presence.beat(self.info())
+        now = time.monotonic()
+        if now >= self._next_depth:
+            self._next_depth = now + DEPTH_EVERY_S
             self.metrics.depth.labels("online").set(self.queue.depth())
             self.metrics.depth.labels("bulk").set(self.bulk.depth())
-        now = time.monotonic()
-        if now >= self._next_reap:
-            self._next_reap = now + self.settings.reap_interval
-            self.reaper.reap_once()
 
     def _start(self) -> None:
+        """Put back what an earlier run of this worker id left, and beat once."""
         moved = self.queue.recover() + self.bulk.recover()
         if moved:
             log.warning(
@@ -165,7 +237,8 @@ class Worker:
                 moved,
                 self.settings.worker_id,
             )
-        self.presence.beat(self.info())
+        self.presence.beat()
+        self.presence.check_policy()
         info = self.info()
         self.metrics.describe({k: info[k] for k in INFO_METRIC_FIELDS})
 
@@ -176,27 +249,29 @@ class Worker:
             log.info("put %d request(s) not yet started back on the queue", len(held))
         self.presence.leave()
 
-    def _call_redis(self, fn: Callable[[], object]) -> bool:
-        """Run ``fn``; on a Redis connection error wait with capped backoff until Redis answers
-        again (logging the outage once, not each attempt), take back what this worker held, and
-        return False."""
-        try:
-            fn()
-            return True
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            log.error("lost Redis (%s); reconnecting", exc)
-        delay = 0.05
-        down_since = time.monotonic()
+    def _recover_from(self, exc: Exception) -> None:
+        """After an error in the loop: what the batcher held is still in this worker's processing
+        list, so forget it, wait, and put the list back on the queue once Redis lets us."""
+        if not isinstance(exc, redis.exceptions.RedisError):
+            log.exception("unexpected error in the worker loop; carrying on")
+        time.sleep(self.guard.failed(exc, "serving"))
+        self.batcher.drain()
+        self._until_ok(self._start, "recovering")
+
+    def _until_ok(self, step: Callable[[], object], what: str, attempts: int = 0) -> bool:
+        """Run ``step`` until it succeeds (or ``attempts`` tries, or a stop while retrying)."""
+        tries = 0
         while True:
-            time.sleep(delay)
             try:
-                self._start()
-                log.info("Redis is back after %.1f s; serving again", time.monotonic() - down_since)
-                return False
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if self._stopping:
+                step()
+                self.guard.recovered()
+                return True
+            except Exception as exc:
+                tries += 1
+                delay = self.guard.failed(exc, what)
+                if (attempts and tries >= attempts) or (self._stopping and what != "leaving"):
                     return False
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                time.sleep(delay)
 
     # --- one batch ------------------------------------------------------------------------
 
@@ -205,7 +280,7 @@ class Worker:
 
         Online requests always go first: a bulk request is taken only when none is queued, one
         per batch, so an online request waits behind at most one bulk batch. With nothing
-        queued, block on the online list (or, right after bulk work, poll both briefly).
+        queued, wait for a wake token (both kinds of producer leave one).
         """
         batch = self.batcher.next_batch(block=0)
         if batch:
@@ -213,12 +288,8 @@ class Worker:
             return len(batch)
         bulk = self.bulk.take(1, block=0)
         if bulk:
-            self._bulk_seen = time.monotonic()
             self.process(bulk, self.bulk)
             return len(bulk)
-        if time.monotonic() - self._bulk_seen < BULK_LINGER_S:
-            time.sleep(BULK_POLL_S)
-            return 0
         batch = self.batcher.next_batch(block=block)
         if batch:
             self.process(batch)
@@ -227,47 +298,40 @@ class Worker:
     def process(self, batch: Sequence[Taken], lane: RedisQueue | None = None) -> None:
         """Answer every request of a batch taken from ``lane`` (default: online): errors for
         refused ones, vectors for the rest; a request whose text failed to encode goes back to
-        its list until its attempts run out."""
+        its list until its attempts run out. Requests that cannot be answered before their
+        deadline (given this batch's expected encode time) are skipped and counted."""
         lane = lane or self.queue
         name = lane.lane
-        now = time.time()
-        replies: list[Reply] = []
-        dead: list[DeadLetter] = []
-        retry: list[Taken] = []
-        live: list[Taken] = []
+        out = Outcomes()
         worker_id = self.settings.worker_id
+        live: list[Taken] = []
         for item in batch:
             if item.rejected is not None:
                 rej = item.rejected
                 log.warning("refused a request (%s): %s", rej.code, rej.message)
                 if rej.request_id is None:
                     self.metrics.outcome("dead", name)
-                    dead.append(DeadLetter(rej.message, rej.code, item.raw, worker_id))
+                    out.dead.append(DeadLetter(rej.message, rej.code, item.raw, worker_id))
                 else:
-                    self.metrics.outcome("error", name)
-                    replies.append(self._error(rej.request_id, rej.code, rej.message))
-            elif item.request is not None and item.request.deadline < now:
-                self.metrics.outcome("expired", name)  # its producer stopped waiting: skip the encode
+                    out.reply(self._error(rej.request_id, rej.code, rej.message), "error")
             else:
                 live.append(item)
-        encode_ms = 0.0
-        if live:
-            encoded, failed, encode_ms = self._encode_and_reply(live, name)
-            replies.extend(encoded)
-            if failed:
-                totals = lane.count_attempts([t.request.id for t, _ in failed if t.request])
-                for (item, why), attempts in zip(failed, totals, strict=True):
-                    assert item.request is not None
-                    if attempts < self.settings.max_attempts:
-                        self.metrics.outcome("retried", name)
-                        retry.append(item)
-                        continue
-                    message = f"{why} (gave up after {attempts} attempts)"
-                    self.metrics.outcome("dead", name)
-                    replies.append(self._error(item.request.id, "encode_failed", message))
-                    dead.append(DeadLetter(message, "encode_failed", item.raw, worker_id, item.request.id))
+        live = self._drop_late(live, lane, out)
+        live, truncated = self._check_windows(live, out)
+        encode_ms = self._encode_and_reply(live, name, out, truncated) if live else 0.0
         started = time.perf_counter()
-        lane.finish(batch, replies, dead, retry)
+        undeliverable = set(lane.finish(batch, out.replies, out.dead, out.retry))
+        now_ms = lane.now_ms()
+        for i, outcome in enumerate(out.counts):
+            if i in undeliverable:
+                outcome = "dead"
+            elif outcome == "ok" and out.deadlines[i] and now_ms > out.deadlines[i]:
+                self.metrics.late(len(out.replies[i].vectors or ()), name)
+            self.metrics.outcome(outcome, name)
+        if undeliverable:
+            log.warning(
+                "%d reply key(s) held another type: those requests were dead-lettered", len(undeliverable)
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "batch %d (%s): %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",
@@ -280,25 +344,117 @@ class Worker:
                 (time.perf_counter() - started) * 1000,
             )
 
-    def _encode_and_reply(
-        self, live: Sequence[Taken], lane: str
-    ) -> tuple[list[Reply], list[tuple[Taken, str]], float]:
-        """Encode the texts of ``live`` in one call: the replies of those that worked, the
-        requests that failed with why, and the encode time in ms."""
+    def _drop_late(self, live: list[Taken], lane: RedisQueue, out: Outcomes) -> list[Taken]:
+        """Requests that can still be answered in time; the others are skipped unencoded: past
+        their deadline (their producer has gone: no reply), or unable to meet it given this
+        batch's expected encode time (a ``deadline_exceeded`` error, so the producer hears why)."""
+        now_ms = lane.now_ms()
+        texts = sum(t.size for t in live)
+        finish_ms = now_ms + self.estimate.expected_ms(texts)
+        keep: list[Taken] = []
+        skipped = 0
+        for item in live:
+            request = item.request
+            assert request is not None
+            if request.deadline_ms <= now_ms:
+                self.metrics.outcome("expired", lane.lane)
+                skipped += 1
+            elif request.deadline_ms < finish_ms:
+                waited = now_ms - request.sent_ms
+                out.reply(
+                    self._error(
+                        request.id,
+                        "deadline_exceeded",
+                        f"it waited {waited} ms in the queue and the next encode takes about "
+                        f"{self.estimate.expected_ms(texts):.0f} ms, past its deadline: the workers "
+                        "are behind (add workers, or raise the producer's timeout)",
+                    ),
+                    "late",
+                )
+                skipped += 1
+            else:
+                keep.append(item)
+        if skipped:
+            self._note_skipped(skipped)
+        return keep
+
+    def _note_skipped(self, n: int) -> None:
+        self._skipped_since_log += n
+        now = time.monotonic()
+        if now >= self._next_skip_log:
+            log.warning(
+                "skipped %d request(s) unencoded that could not be answered before their deadline "
+                "(measured on the Redis clock): the workers are behind",
+                self._skipped_since_log,
+            )
+            self._skipped_since_log = 0
+            self._next_skip_log = now + SKIP_LOG_EVERY_S
+
+    def _check_windows(
+        self, live: list[Taken], out: Outcomes
+    ) -> tuple[list[Taken], dict[str, tuple[int, ...]]]:
+        """Count tokens: the requests to encode, and per request id the indexes of its texts the
+        model will cut. A request with a text over the model's window is refused if it asked not
+        to be cut (``truncate: false``, or the worker's ``EMBED_TRUNCATE=false``)."""
+        window = self.encoder.max_tokens
+        cut_map: dict[str, tuple[int, ...]] = {}
+        if not window or not live:
+            return live, cut_map
+        texts, kinds = self._flatten(live)
+        counts = self.encoder.token_counts(texts, kinds)
+        keep: list[Taken] = []
+        row = 0
+        for item in live:
+            request = item.request
+            assert request is not None
+            mine = counts[row : row + len(request.texts)]
+            row += len(request.texts)
+            over = tuple(i for i, n in enumerate(mine) if n > window)
+            cut = self.settings.truncate if request.truncate is None else request.truncate
+            if over and not cut:
+                i = over[0]
+                out.reply(
+                    self._error(
+                        request.id,
+                        "text_too_long",
+                        f"text {i} is {mine[i]} tokens; the model's window is {window} tokens and this "
+                        "request asked not to cut it (truncate=false): split the text",
+                    ),
+                    "error",
+                )
+                continue
+            if over:
+                cut_map[request.id] = over
+                self.metrics.truncated(len(over))
+            keep.append(item)
+        return keep, cut_map
+
+    @staticmethod
+    def _flatten(live: Sequence[Taken]) -> tuple[list[str], list[str]]:
         texts: list[str] = []
         kinds: list[str] = []
         for item in live:
             assert item.request is not None
             texts.extend(item.request.texts)
             kinds.extend([item.request.kind] * len(item.request.texts))
+        return texts, kinds
+
+    def _encode_and_reply(
+        self, live: Sequence[Taken], lane: str, out: Outcomes, truncated: dict[str, tuple[int, ...]]
+    ) -> float:
+        """Encode the texts of ``live`` in one call and add their replies to ``out``; requests
+        whose text failed go to ``out.retry`` or, out of attempts, get an error. Returns the
+        encode time in ms."""
+        texts, kinds = self._flatten(live)
         started = time.perf_counter()
         vectors, failures = self._encode(texts, kinds)
         encode_ms = (time.perf_counter() - started) * 1000.0
         self.batches += 1
         self.metrics.batch(len(texts), encode_ms / 1000.0, lane)
+        if not failures:
+            self.estimate.add(len(texts), encode_ms)
 
-        replies: list[Reply] = []
-        failed: list[tuple[Taken, str]] = []
+        failed: list[tuple[Taken, Request, str]] = []
         row = 0
         for item in live:
             request = item.request
@@ -307,22 +463,36 @@ class Worker:
             row = rows.stop
             bad = [i for i in rows if i in failures]
             if bad:
-                failed.append((item, f"text {bad[0] - rows.start} could not be encoded: {failures[bad[0]]}"))
-                continue
-            queue_ms = max(0.0, (item.taken_at - request.sent_at) * 1000.0)
-            self.metrics.outcome("ok", lane)
-            self.metrics.answered(queue_ms, encode_ms, lane)
-            replies.append(
-                Reply(
-                    id=request.id,
-                    vectors=vectors[rows.start : rows.stop],
-                    queue_ms=queue_ms,
-                    encode_ms=encode_ms,
-                    batch_size=len(texts),
-                    worker=self.settings.worker_id,
+                failed.append(
+                    (item, request, f"text {bad[0] - rows.start} could not be encoded: {failures[bad[0]]}")
                 )
+                continue
+            queue_ms = max(0.0, float(item.taken_ms - request.sent_ms))
+            self.metrics.answered(queue_ms, encode_ms, lane)
+            reply = Reply(
+                id=request.id,
+                vectors=vectors[rows.start : rows.stop],
+                queue_ms=queue_ms,
+                encode_ms=encode_ms,
+                batch_size=len(texts),
+                worker=self.settings.worker_id,
+                truncated=truncated.get(request.id, ()),
+                digest=request.digest,
             )
-        return replies, failed, encode_ms
+            out.reply(reply, "ok", request.deadline_ms)
+        if failed:
+            totals = self.queue.count_attempts([request.id for _, request, _ in failed])
+            for (item, request, why), attempts in zip(failed, totals, strict=True):
+                if attempts < self.settings.max_attempts:
+                    self.metrics.outcome("retried", lane)
+                    out.retry.append(item)
+                    continue
+                message = f"{why} (gave up after {attempts} attempts)"
+                out.reply(self._error(request.id, "encode_failed", message), "dead")
+                out.dead.append(
+                    DeadLetter(message, "encode_failed", item.raw, self.settings.worker_id, request.id)
+                )
+        return encode_ms
 
     def _encode(self, texts: list[str], kinds: list[str]) -> tuple[np.ndarray, dict[int, str]]:
         """Encode a batch; if that fails, each text alone, so only bad texts fail."""

@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, start_http_server
 from prometheus_client import Counter as PromCounter
 
-OUTCOMES = ("ok", "error", "expired", "dead", "retried")
+OUTCOMES = ("ok", "error", "expired", "late", "dead", "retried")
 """What became of a request taken off the queue, exactly one each: ``ok`` vectors; ``error`` an
-error reply; ``expired`` dropped unencoded past its deadline; ``dead`` dead-lettered (with an
-error reply when it had an id); ``retried`` put back for another attempt."""
+error reply; ``expired`` dropped unencoded past its deadline; ``late`` refused unencoded with
+``deadline_exceeded`` because the batch's expected encode time would end past its deadline;
+``dead`` dead-lettered (with an error reply when it had an id); ``retried`` put back for another
+attempt."""
 
 WINDOW_S = 60.0
 LANES = ("online", "bulk")
@@ -58,6 +60,23 @@ class Metrics:
             self.batch_size.labels(lane)
             self.queue_wait.labels(lane)
             self.encode.labels(lane)
+        self.late_texts = PromCounter(
+            "embedq_late_texts",
+            "Texts encoded whose reply was written after the request's deadline (wasted work)",
+            ["lane"],
+            registry=r,
+        )
+        self.truncated_texts = PromCounter(
+            "embedq_truncated_texts", "Texts cut to the model's token window (truncate=true)", registry=r
+        )
+        self.redis_errors = PromCounter(
+            "embedq_redis_errors",
+            "Redis errors the worker waited out, by kind (OOM, NOPERM...)",
+            ["kind"],
+            registry=r,
+        )
+        for lane in LANES:
+            self.late_texts.labels(lane)
         self.depth = Gauge("embedq_queue_depth", "Requests waiting, by queue", ["queue"], registry=r)
         self.info = Info("embedq_worker", "Model and settings of this worker", registry=r)
         self.counts: Counter[str] = Counter()
@@ -82,6 +101,21 @@ class Metrics:
         self.counts[_count_name("texts", lane)] += texts
         self.batch_size.labels(lane).observe(texts)
         self.encode.labels(lane).observe(encode_s)
+
+    def late(self, texts: int, lane: str = "online") -> None:
+        """``texts`` were encoded for a request whose reply went out past its deadline."""
+        self.late_texts.labels(lane).inc(texts)
+        self.counts[_count_name("late_texts", lane)] += texts
+
+    def truncated(self, texts: int) -> None:
+        """``texts`` were cut to the model's token window."""
+        self.truncated_texts.inc(texts)
+        self.counts["truncated"] += texts
+
+    def redis_error(self, kind: str) -> None:
+        """One Redis error of ``kind`` (``connection``, ``OOM``, ``NOPERM``...)."""
+        self.redis_errors.labels(kind).inc()
+        self.counts["redis_errors"] += 1
 
     def answered(self, queue_ms: float, encode_ms: float, lane: str = "online") -> None:
         """One request answered with vectors after waiting ``queue_ms`` in its list; the

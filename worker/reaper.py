@@ -5,7 +5,7 @@ lists (online and bulk). The reaper moves them back to the front of their reques
 first, counting an attempt for each; a request that has used up its attempts goes to the
 dead-letter list and its producer gets an error instead, so a request that kills workers
 cannot crash-loop them.
-Every worker runs a pass now and then; ``embedq-worker reap`` runs one by hand.
+Every worker runs a pass from its heartbeat thread; ``embedq-worker reap`` runs one by hand.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import redis
 
 from embedq.protocol import Keys, Reply, peek_id
 
+from .lane import DeadLetter, Outcomes
 from .presence import dead_workers
-from .redis_queue import ATTEMPTS_TTL_S, DeadLetter, Outcomes
 
 log = logging.getLogger("embedq.reaper")
 
@@ -51,24 +51,19 @@ class Reaper:
         self.redis = client
         self.keys = keys
         self.max_attempts = max_attempts
-        self.reply_ttl = reply_ttl
-        self.dead_max = dead_max
         self.me = me
-        self.outcomes = Outcomes(client, keys, reply_ttl=reply_ttl, dead_max=dead_max)
+        self.outcomes = Outcomes(client, keys, reply_ttl=reply_ttl, dead_max=dead_max, worker=me)
 
     def reap_once(self) -> ReapReport:
         """One pass over every registered worker whose heartbeat has expired."""
         report = ReapReport()
         for worker_id in dead_workers(self.redis, self.keys):
-            if worker_id == self.me:
-                continue
-            lock = self.keys.reaping(worker_id)
-            if not self.redis.set(lock, self.me, nx=True, px=LOCK_MS):
-                continue  # another reaper is on it
+            if worker_id == self.me or not self._lock(worker_id):
+                continue  # ourselves, or another reaper is on it
             try:
                 requeued, dead = self._reap(worker_id)
             finally:
-                self.redis.delete(lock)
+                self.redis.delete(self.keys.reaping(worker_id))
             report.workers.append(worker_id)
             report.requeued += requeued
             report.dead += dead
@@ -81,12 +76,23 @@ class Reaper:
                 )
         return report
 
+    def _lock(self, worker_id: str) -> bool:
+        """Take the reaping lock of one dead worker; a lock without expiry (not one of ours) is
+        removed rather than allowed to block reaping forever."""
+        lock = self.keys.reaping(worker_id)
+        if self.redis.set(lock, self.me, nx=True, px=LOCK_MS):
+            return True
+        if self.redis.pttl(lock) == -1:
+            log.warning("removed %r: a reaping lock without expiry, which no reaper writes", lock)
+            self.redis.delete(lock)
+        return False
+
     def _reap(self, worker_id: str) -> tuple[int, int]:
         requeued = dead = 0
         for queue, processing in self.keys.lanes(worker_id):  # online, then bulk
             while (raw := self.redis.lindex(processing, -1)) is not None:
                 request_id = peek_id(raw)
-                attempts = self._count(request_id) if request_id else 0
+                attempts = self.outcomes.count_attempts([request_id])[0] if request_id else 0
                 if request_id and attempts >= self.max_attempts:
                     self._give_up(processing, queue, raw, request_id, worker_id, attempts)
                     dead += 1
@@ -94,17 +100,13 @@ class Reaper:
                     # newest first onto the head, so the oldest ends up first in line
                     self.redis.lmove(processing, queue, "RIGHT", "LEFT")
                     requeued += 1
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=False)
+        if requeued:
+            pipe.rpush(self.keys.wake, *([1] * min(requeued, 64)))
         pipe.srem(self.keys.workers, worker_id)
         pipe.delete(self.keys.heartbeat(worker_id))
         pipe.execute()
         return requeued, dead
-
-    def _count(self, request_id: str) -> int:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.incr(self.keys.attempts(request_id))
-        pipe.expire(self.keys.attempts(request_id), ATTEMPTS_TTL_S)
-        return int(pipe.execute()[0])
 
     def _give_up(
         self, processing: str, queue: str, raw: bytes, request_id: str, worker_id: str, attempts: int

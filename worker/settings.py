@@ -38,6 +38,13 @@ class Settings:
     batch_gap_ms: float = 6.0
     """Adaptive policy: stop waiting once no request arrived for this long."""
     max_text_chars: int = 8192
+    max_request_bytes: int = 0
+    """Largest raw request taken whole, checked in Redis before any decoding; 0: sized from the
+    text limits (``max_batch`` texts of ``max_text_chars`` 4-byte characters). A larger one gets a
+    ``request_too_large`` error and a dead letter, and costs the worker a few KB."""
+    truncate: bool = True
+    """A text longer than the model's token window: cut it as the model does, and say so in the
+    reply (True), or refuse it with ``text_too_long`` (False). A request's ``truncate`` wins."""
     bulk_max_batch: int = 8
     """Most texts in one bulk request, which is encoded as one batch. On 2 CPU cores texts/s
     stops growing at 8 while an online request's wait behind the batch keeps growing."""
@@ -49,9 +56,11 @@ class Settings:
     max_attempts: int = 3
     """Takes of one request that end without an answer (worker died, encode raised) before it is
     dead-lettered with an error reply."""
-    heartbeat_ttl: float = 10.0
-    """Seconds without a heartbeat after which a worker counts as dead and is reaped."""
-    reap_interval: float = 5.0
+    heartbeat_ttl: float = 2.0
+    """Seconds without a heartbeat after which a worker counts as dead and is reaped. Heartbeats
+    come from a thread every quarter of this, so a long encode never looks like death, and a
+    killed worker's requests are back in the queue well within a producer's 5 s timeout."""
+    reap_interval: float = 0.5
     shutdown_timeout: float = 10.0
     """On SIGTERM: seconds to finish the current batch before exiting regardless."""
     encoder: str = ""
@@ -71,6 +80,7 @@ class Settings:
             "batch_policy": self.batch_policy in ("adaptive", "fixed"),
             "batch_gap_ms": self.batch_gap_ms >= 0,
             "max_text_chars": self.max_text_chars >= 1,
+            "max_request_bytes": self.max_request_bytes >= 0,
             "bulk_max_batch": self.bulk_max_batch >= 1,
             "reply_ttl": self.reply_ttl >= 1,
             "dead_max": self.dead_max >= 1,
@@ -95,7 +105,9 @@ class Settings:
     @property
     def limits(self) -> Limits:
         """What one online request may carry."""
-        return Limits(max_texts=self.max_batch, max_text_chars=self.max_text_chars)
+        return Limits(
+            max_texts=self.max_batch, max_text_chars=self.max_text_chars, max_bytes=self.max_request_bytes
+        )
 
     @property
     def bulk_limits(self) -> Limits:
@@ -104,6 +116,7 @@ class Settings:
             max_texts=self.bulk_max_batch,
             max_text_chars=self.max_text_chars,
             texts_setting=ENV["bulk_max_batch"],
+            max_bytes=self.max_request_bytes,
         )
 
     @classmethod
@@ -130,6 +143,8 @@ ENV: dict[str, str] = {
     "batch_policy": "EMBED_BATCH_POLICY",
     "batch_gap_ms": "EMBED_BATCH_GAP_MS",
     "max_text_chars": "EMBED_MAX_TEXT_CHARS",
+    "max_request_bytes": "EMBED_MAX_REQUEST_BYTES",
+    "truncate": "EMBED_TRUNCATE",
     "bulk_max_batch": "EMBED_BULK_MAX_BATCH",
     "query_prefix": "EMBED_QUERY_PREFIX",
     "passage_prefix": "EMBED_PASSAGE_PREFIX",
@@ -147,7 +162,18 @@ ENV: dict[str, str] = {
 }
 """Setting name -> environment variable."""
 
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
+    "bool": _bool,
     "str": str,
     "str | None": str,
     "int": int,

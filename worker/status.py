@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis
 
+from embedq.clock import time_reply_ms
 from embedq.protocol import Keys
 
-from .presence import dead_workers, live_workers
+from .presence import dead_workers, eviction_warning, live_workers, read_policy
 
 
 def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
@@ -27,7 +27,11 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
     queued, bulk, dead_letters, *held = pipe.execute()
     ids = [*live, *dead]
     holding = {w: held[2 * i] + held[2 * i + 1] for i, w in enumerate(ids)}
-    now = time.time()
+    now = time_reply_ms(client.time()) / 1000.0
+    try:
+        policy = read_policy(client)
+    except redis.exceptions.ResponseError:  # a user without INFO: ask the workers
+        policy = next((w.get("maxmemory_policy") for w in live.values()), None)
     workers = []
     for worker_id, info in live.items():
         minute = info.get("last_minute", {})
@@ -43,8 +47,9 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
                 "batch_policy": info.get("batch_policy"),
                 "batch_wait_ms": info.get("batch_wait_ms"),
                 "holding": holding[worker_id],
-                "beat_age_s": round(now - float(info.get("beat", now)), 1),
-                "uptime_s": round(now - float(info.get("started", now))),
+                "beat_age_s": round(now - int(info.get("beat_ms") or now * 1000) / 1000.0, 1),
+                "uptime_s": round(now - int(info.get("started_ms") or now * 1000) / 1000.0),
+                "redis_trouble": info.get("redis_trouble") or info.get("beat_trouble"),
                 "batches": info.get("batches", 0),
                 "counts": info.get("counts", {}),
                 "last_minute": minute,
@@ -56,6 +61,8 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
         "queue": queue,
         "depth": {"online": queued, "bulk": bulk, "in_progress": sum(holding.values())},
         "dead_letters": dead_letters,
+        "maxmemory_policy": policy,
+        "warnings": [w for w in [eviction_warning(policy)] if w],
         "workers": workers,
         "dead_workers": [{"id": w, "holding": holding[w]} for w in dead],
         "last_minute": {
@@ -85,8 +92,15 @@ def render(report: dict[str, Any]) -> str:
             f"{w['last_minute'].get('requests', 0)} req/min p95 {w['last_minute'].get('p95_ms', 0)} ms | "
             f"beat {w['beat_age_s']}s ago, up {w['uptime_s']}s"
         )
+    for w in report["workers"]:
+        if w.get("redis_trouble"):
+            t = w["redis_trouble"]
+            lines.append(
+                f"  {w['id']}: REDIS TROUBLE for {t.get('for_s')}s: {t.get('code')}: {t.get('message')}"
+            )
     for w in report["dead_workers"]:
         lines.append(
             f"  {w['id']}: DEAD (heartbeat expired), holding {w['holding']}: the reaper will requeue"
         )
+    lines.extend(f"WARNING: {w}" for w in report.get("warnings", []))
     return "\n".join(lines)

@@ -62,6 +62,13 @@ def _job_args(p: argparse.ArgumentParser) -> None:
         "--request-timeout", type=float, default=DEFAULTS.request_timeout, help="seconds (default 3600)"
     )
     p.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", DEFAULT_QUEUE), help="the workers' queue")
+    p.add_argument(
+        "--no-truncate",
+        dest="truncate",
+        action="store_false",
+        help="stop at a document longer than the model's token window instead of cutting it "
+        "(cut ones are listed in truncated.jsonl)",
+    )
     p.add_argument("--fail-fast", action="store_true", help="stop at the first bad document")
     p.add_argument("--overwrite", action="store_true", help="replace another job's output in OUTPUT")
 
@@ -80,6 +87,7 @@ def options_from(ns: argparse.Namespace) -> BulkOptions:
         max_chars=ns.max_chars,
         request_timeout=ns.request_timeout,
         queue=ns.queue,
+        truncate=ns.truncate,
         fail_fast=ns.fail_fast,
         overwrite=ns.overwrite,
     )

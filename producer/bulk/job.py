@@ -27,8 +27,9 @@ import msgpack
 import numpy as np
 import redis
 
+from ..clock import RedisClock
 from ..protocol import DEFAULT_QUEUE, KINDS, Keys, Request, new_request_id, unpack_reply
-from .output import ERRORS, IDS, MANIFEST, VECTORS, OutputDir, OutputError, VectorFile
+from .output import ERRORS, IDS, MANIFEST, TRUNCATED, VECTORS, OutputDir, OutputError, VectorFile
 from .plan import Chunk, chunk_count, chunked, pack
 from .reader import BadDocument, BulkInputError, Document, DocumentReader, InputSpec
 
@@ -44,7 +45,7 @@ wait behind one."""
 QUIET_S = 10.0
 """Without a reply for this long, progress says whether any worker is live to answer."""
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-SPLIT_CODES = ("encode_failed", "worker_died")
+SPLIT_CODES = ("encode_failed", "worker_died", "text_too_long")
 """Error replies after which a multi-text request is retried text by text, to find the one bad
 document; the others still get their vectors."""
 
@@ -72,6 +73,9 @@ class BulkOptions:
     """Bulk requests queued or being encoded at once: enough to keep every worker busy."""
     max_chars: int = 8192
     """Longest text accepted (the workers' EMBED_MAX_TEXT_CHARS); longer ones are bad documents."""
+    truncate: bool = True
+    """A document longer than the model's token window: cut it as the model does and list it in
+    ``truncated.jsonl`` (True), or stop the job naming it (False, ``--no-truncate``)."""
     fail_fast: bool = False
     """Stop at the first bad document instead of listing it in the errors file."""
     overwrite: bool = False
@@ -92,6 +96,7 @@ class BulkOptions:
         "max_batch_chars",
         "chunk_size",
         "max_chars",
+        "truncate",
     )
     """The options that decide the output's bytes: a resumed job must have the same."""
 
@@ -151,6 +156,8 @@ class Progress:
 class _Pending:
     request: Request
     positions: list[int]
+    sent: float = field(default_factory=time.monotonic)
+    """When it was sent, on this host's monotonic clock (the job's own patience)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,9 @@ class BulkJob:
         self._encode_ms_total = 0.0
         self._last_reply = time.monotonic()
         self.model: _Model | None = None
+        self.clock = RedisClock()
+        self._truncated: list[int] = []
+        """Rows of the chunk being encoded that the workers cut to the model's token window."""
 
     # --- the whole job ---------------------------------------------------------------------
 
@@ -324,6 +334,8 @@ class BulkJob:
                     state["dim"] = int(vectors.shape[1])
                     matrix = self.out.vectors(rows, state["dim"])
                 matrix.write(chunk.start, vectors)
+                if self._truncated:
+                    state.setdefault("truncated", {})[str(chunk.index)] = sorted(self._truncated)
                 done.add(chunk.index)
                 state["done"] = sorted(done)
                 state["model"] = asdict(self.model) if self.model is not None else None
@@ -340,7 +352,28 @@ class BulkJob:
             state["dim"] = self.model.dim if self.model else 0
             VectorFile.create(self.out.file(VECTORS), 0, state["dim"]).close()
 
+    def _write_truncated(self, state: dict[str, Any]) -> int:
+        """``truncated.jsonl``: row and id of every document the workers cut to the model's token
+        window (its vector is of the cut text, as the model itself gives); returns how many."""
+        rows = sorted(r for chunk_rows in state.get("truncated", {}).values() for r in chunk_rows)
+        wanted = set(rows)
+        with (
+            open(self.out.file(IDS), encoding="utf-8") as ids,
+            open(self.out.file(TRUNCATED), "w", encoding="utf-8") as out,
+        ):
+            for row, line in enumerate(ids):
+                if row in wanted:
+                    out.write(_json_line({"row": row, "id": json.loads(line)}))
+        if rows:
+            log.warning(
+                "%d document(s) were longer than the model's token window and were cut (listed in %s)",
+                len(rows),
+                TRUNCATED,
+            )
+        return len(rows)
+
     def _finish(self, state: dict[str, Any]) -> None:
+        truncated = self._write_truncated(state)
         model = self.model
         manifest = {
             "model": model.name if model else None,
@@ -350,8 +383,9 @@ class BulkJob:
             "prefix": model.prefix if model else None,
             "normalized": model.normalized if model else None,
             "dtype": "float32",
-            "files": {"vectors": VECTORS, "ids": IDS, "errors": ERRORS},
+            "files": {"vectors": VECTORS, "ids": IDS, "errors": ERRORS, "truncated": TRUNCATED},
             "errors": state["errors"],
+            "truncated": truncated,
             "input": {**state["input"], "format": state["options"]["format"]},
             "options": state["options"],
             "created": state["created"],
@@ -393,6 +427,7 @@ class BulkJob:
     def _encode_chunk(self, chunk: Chunk[Document]) -> np.ndarray:
         """The chunk's vectors in row order, through the workers' bulk list."""
         texts = [d.text for d in chunk.items]
+        self._truncated = []
         todo: deque[list[int]] = deque(
             pack(texts, max_texts=self.options.batch_size, max_chars=self.options.max_batch_chars)
         )
@@ -430,6 +465,7 @@ class BulkJob:
             elif dim != result.shape[1]:
                 raise BulkError(f"worker {reply.worker}: {dim}-dim vectors, others {result.shape[1]}")
             result[item.positions] = vectors
+            self._truncated.extend(chunk.start + item.positions[i] for i in reply.truncated)
             self._batch_ms.append(reply.encode_ms)
             self._encode_ms_total += reply.encode_ms
             self.encoded_this_run += len(item.positions)
@@ -442,27 +478,37 @@ class BulkJob:
     def _send(self, todo: deque[list[int]], pending: dict[str, _Pending], texts: list[str]) -> None:
         """Queue requests until ``inflight`` are out, in one round trip."""
         payloads = []
-        now = time.time()
+        if todo and len(pending) < self.options.inflight and self.clock.stale():
+            sent = time.monotonic()
+            reply = self.redis.time()
+            self.clock.update(reply, sent, time.monotonic())
+        now = self.clock.now_ms()
         while todo and len(pending) < self.options.inflight:
             positions = todo.popleft()
             request = Request(
                 id=new_request_id(),
                 kind=self.options.kind,
                 texts=[texts[i] for i in positions],
-                deadline=now + self.options.request_timeout,
-                sent_at=now,
+                deadline_ms=now + int(self.options.request_timeout * 1000),
+                sent_ms=now,
+                truncate=self.options.truncate,
             )
             pending[self.keys.reply(request.id)] = _Pending(request, positions)
             payloads.append(request.pack())
         if payloads:
-            self.redis.rpush(self.keys.bulk, *payloads)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.rpush(self.keys.bulk, *payloads)
+            pipe.rpush(self.keys.wake, *([1] * min(len(payloads), 64)))
+            pipe.ltrim(self.keys.wake, -64, -1)
+            pipe.execute()
 
     def _wait_s(self, pending: dict[str, _Pending]) -> float:
-        first = min(p.request.deadline for p in pending.values())
-        return max(0.1, min(BLOCK_S, first - time.time()))
+        first = min(p.sent for p in pending.values()) + self.options.request_timeout
+        return max(0.1, min(BLOCK_S, first - time.monotonic()))
 
     def _check_deadlines(self, pending: dict[str, _Pending]) -> None:
-        if any(p.request.deadline < time.time() for p in pending.values()):
+        limit = time.monotonic() - self.options.request_timeout
+        if any(p.sent < limit for p in pending.values()):
             raise BulkError(
                 f"no worker answered a bulk request within {self.options.request_timeout:g} s: are workers "
                 f"running on queue {self.options.queue!r}? (embedq status). Run the job again to resume"

@@ -28,6 +28,7 @@ from ..protocol import DTYPE
 VECTORS = "vectors.npy"
 IDS = "ids.jsonl"
 ERRORS = "errors.jsonl"
+TRUNCATED = "truncated.jsonl"
 MANIFEST = "manifest.json"
 STATE = "state.json"
 LOCK = ".lock"

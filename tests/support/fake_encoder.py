@@ -47,9 +47,11 @@ class CallRecorder:
 class FakeEncoder:
     """Implements the worker's ``Encoder`` protocol; records batch sizes and concurrency."""
 
-    def __init__(self, dim: int = 8, delay: float = 0.0) -> None:
+    def __init__(self, dim: int = 8, delay: float = 0.0, max_tokens: int | None = None) -> None:
         self.name = "fake"
         self.dim = dim
+        self.max_tokens = max_tokens
+        """A window in whitespace-separated words (None: none), to test the worker's checks."""
         self.prefixes = {"query": "query: ", "passage": "passage: "}
         self.delay = delay
         self.recorder = CallRecorder()
@@ -61,6 +63,9 @@ class FakeEncoder:
     @property
     def max_active(self) -> int:
         return self.recorder.max_active
+
+    def token_counts(self, texts: Sequence[str], kinds: Sequence[str]) -> list[int]:
+        return [len((self.prefixes[k] + t).split()) + 2 for k, t in zip(kinds, texts, strict=True)]
 
     def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
         with self.recorder.recording(len(texts)):
@@ -77,6 +82,7 @@ def build(settings: object) -> FakeEncoder:
     encoder = FakeEncoder(
         dim=int(os.environ.get("EMBED_TEST_DIM", "384")),
         delay=float(os.environ.get("EMBED_TEST_ENCODE_DELAY", "0")),
+        max_tokens=int(os.environ["EMBED_TEST_WINDOW"]) if os.environ.get("EMBED_TEST_WINDOW") else None,
     )
     encoder.name = "fake-model"
     return encoder

@@ -3,17 +3,16 @@ bulk limits, and nothing of the bulk lane lost when a worker dies."""
 
 from __future__ import annotations
 
-import time
-
 import fakeredis
 import numpy as np
 import pytest
 
-from embedq.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.protocol import Keys, Request, unpack_reply
 from embedq.worker.loop import Worker
 from embedq.worker.reaper import Reaper
 from embedq.worker.settings import Settings
 from tests.support.fake_encoder import FakeEncoder, fake_vector
+from tests.support.requests import make_request
 
 KEYS = Keys()
 
@@ -30,7 +29,7 @@ def make_worker(r: fakeredis.FakeRedis, **changes: object) -> tuple[Worker, Fake
 
 
 def request(*texts: str, kind: str = "passage") -> Request:
-    return Request(id=new_request_id(), kind=kind, texts=list(texts), deadline=time.time() + 30)
+    return make_request(*texts, kind=kind)
 
 
 def reply_of(r: fakeredis.FakeRedis, req: Request):

@@ -10,7 +10,14 @@ import fakeredis
 import numpy as np
 import pytest
 
-from embedq import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, EmbeddingTimeout, QueueFull
+from embedq import (
+    AsyncEmbeddingClient,
+    EmbeddingClient,
+    EmbeddingError,
+    EmbeddingTimeout,
+    InvalidInput,
+    QueueFull,
+)
 from embedq.protocol import Limits, Reply, parse_request
 
 
@@ -88,7 +95,7 @@ def test_no_cap_when_max_queue_is_none(server: fakeredis.FakeServer) -> None:
 
 
 def test_single_string_is_refused_locally(server: fakeredis.FakeServer) -> None:
-    with pytest.raises(TypeError, match="not a single string"):
+    with pytest.raises(InvalidInput, match="not a single string"):
         sync_client(server).embed_documents("a string")  # type: ignore[arg-type]
 
 

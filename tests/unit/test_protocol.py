@@ -15,8 +15,11 @@ from embedq.protocol import (
     Reply,
     Request,
     build_requests,
+    default_max_bytes,
     new_request_id,
     parse_request,
+    peek_id,
+    shorten,
     unpack_reply,
 )
 
@@ -29,8 +32,8 @@ def request_map(**changes: object) -> dict[str, object]:
         "id": new_request_id(),
         "kind": "query",
         "texts": ["연남 카페 추천해줘"],
-        "deadline": 2e9,
-        "sent_at": 1.7e9,
+        "deadline_ms": 2_000_000_000_000,
+        "sent_ms": 1_700_000_000_000,
     }
     body.update(changes)
     return body
@@ -40,9 +43,11 @@ def pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def rejection(raw: bytes) -> Rejected:
+def rejection(
+    raw: bytes, limits: Limits = Limits(max_texts=8, max_text_chars=100, max_bytes=1 << 30)
+) -> Rejected:
     with pytest.raises(Rejected) as info:
-        parse_request(raw, LIMITS)
+        parse_request(raw, limits)
     return info.value
 
 
@@ -63,17 +68,19 @@ def test_reply_key_refuses_anything_but_an_id(bad: object) -> None:
 
 
 def test_request_round_trip() -> None:
-    req = Request(id=new_request_id(), kind="passage", texts=["a", "b"], deadline=2e9, sent_at=1.0)
+    req = Request(id=new_request_id(), kind="passage", texts=["a", "b"], deadline_ms=2_000_000, sent_ms=1)
     parsed = parse_request(req.pack(), LIMITS)
     assert parsed == req
+    strict = Request(id=req.id, kind="query", texts=["a"], deadline_ms=5, sent_ms=1, truncate=False)
+    assert parse_request(strict.pack(), LIMITS) == strict
 
 
 def test_build_requests_splits_by_max_batch_with_one_deadline() -> None:
     texts = [f"t{i}" for i in range(19)]
-    reqs = build_requests(texts, "passage", max_batch=8, timeout=5.0)
+    reqs = build_requests(texts, "passage", max_batch=8, timeout=5.0, now_ms=1_000)
     assert [len(r.texts) for r in reqs] == [8, 8, 3]
     assert [t for r in reqs for t in r.texts] == texts
-    assert len({r.deadline for r in reqs}) == 1
+    assert {(r.deadline_ms, r.sent_ms) for r in reqs} == {(6_000, 1_000)}
     assert len({r.id for r in reqs}) == 3
     assert all(ID_PATTERN.match(r.id) for r in reqs)
 
@@ -99,7 +106,8 @@ def test_unanswerable_requests_have_no_id(raw: bytes, code: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "code", "phrase"),
     [
-        ({"v": 99}, "unsupported_version", "v1"),
+        ({"v": 99}, "unsupported_version", "v2"),
+        ({"v": 1}, "unsupported_version", "upgrade the producer"),
         ({"kind": "sentence"}, "invalid_kind", "'query' or 'passage'"),
         ({"texts": []}, "empty_texts", "at least one"),
         ({"texts": "a string"}, "invalid_request", "list of strings"),
@@ -108,7 +116,10 @@ def test_unanswerable_requests_have_no_id(raw: bytes, code: str) -> None:
         ({"texts": ["   "]}, "empty_text", "text 0"),
         ({"texts": ["x" * 101]}, "text_too_long", "101 characters; the limit is 100"),
         ({"texts": ["x"] * 9}, "too_many_texts", "at most 8"),
-        ({"deadline": "soon"}, "invalid_request", "deadline"),
+        ({"deadline_ms": "soon"}, "invalid_request", "deadline_ms"),
+        ({"deadline_ms": 1.5}, "invalid_request", "deadline_ms"),
+        ({"truncate": "no"}, "invalid_request", "truncate"),
+        ({"kind": "q" * 100_000}, "invalid_kind", "(100000 characters)"),
     ],
 )
 def test_refusals_carry_the_id_and_say_why(changes: dict[str, object], code: str, phrase: str) -> None:
@@ -151,3 +162,46 @@ def test_truncated_reply_is_refused() -> None:
     body["vectors"] = body["vectors"][:-4]
     with pytest.raises(ValueError, match="expected 2 x 4"):
         unpack_reply(msgpack.packb(body))
+
+
+def test_echoed_fields_are_shortened() -> None:
+    rej = rejection(pack(request_map(id="z" * 10_000_000)))
+    assert rej.code == "invalid_id"
+    assert len(rej.message) < 400 and "10000000 characters" in rej.message
+    assert len(shorten(b"x" * 5000)) < 300
+
+
+def test_a_request_that_does_not_decode_is_answered_when_its_id_can_be_found() -> None:
+    body = request_map()
+    good = pack(body)
+    text = "연남 카페 추천해줘".encode()
+    broken = good.replace(text, b"\xff" * len(text))  # invalid UTF-8 in a text
+    rej = rejection(broken)
+    assert (rej.code, rej.request_id) == ("invalid_msgpack", body["id"])
+    surrogate = good.replace(text, "\ud800".encode("utf-8", "surrogatepass") + text[3:])
+    assert rejection(surrogate).request_id == body["id"]
+    nested = b"\x83" + pack("v") + pack(2) + pack("id") + pack(body["id"]) + pack("texts")
+    nested += b"\x91" * 5000 + pack("x")  # texts nested 5,000 arrays deep
+    assert rejection(nested).request_id == body["id"]
+    assert peek_id(b"\x00garbage") is None
+
+
+def test_a_request_over_the_byte_cap_is_refused_before_decoding() -> None:
+    limits = Limits(max_texts=8, max_text_chars=100, max_bytes=1000)
+    body = request_map(texts=["x" * 100] * 8)
+    raw = pack(body)
+    assert len(raw) > 800
+    assert parse_request(raw, Limits(max_texts=8, max_text_chars=100)).texts  # the default cap fits
+    with pytest.raises(Rejected) as info:
+        parse_request(pack(request_map(texts=["x" * 100] * 8, pad="y" * 5000)), limits)
+    assert info.value.code == "request_too_large" and info.value.request_id is not None
+    assert Limits(max_texts=8, max_text_chars=8192).byte_cap == default_max_bytes(8, 8192)
+
+
+def test_a_reply_names_the_texts_it_answers() -> None:
+    req = Request(id=new_request_id(), kind="query", texts=["a"], deadline_ms=1, sent_ms=0)
+    other = Request(id=req.id, kind="query", texts=["b"], deadline_ms=1, sent_ms=0)
+    assert req.digest != other.digest
+    reply = Reply(id=req.id, vectors=np.ones((1, 2), np.float32), digest=req.digest, truncated=(0,))
+    back = unpack_reply(reply.pack())
+    assert (back.digest, back.truncated) == (req.digest, (0,))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import fakeredis
 import msgpack
 import pytest
 
-from embedq.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.protocol import Keys, Request, unpack_reply
 from embedq.worker.presence import Presence, dead_workers, live_workers
 from embedq.worker.reaper import Reaper
+from tests.support.requests import make_request
 
 KEYS = Keys()
 
@@ -21,7 +20,7 @@ def r() -> fakeredis.FakeRedis:
 
 
 def request(text: str) -> Request:
-    return Request(id=new_request_id(), kind="query", texts=[text], deadline=time.time() + 30)
+    return make_request(text)
 
 
 def reaper(r: fakeredis.FakeRedis, max_attempts: int = 3) -> Reaper:
@@ -50,7 +49,7 @@ def test_dead_workers_requests_go_back_to_the_front_in_order(r: fakeredis.FakeRe
 def test_live_workers_are_left_alone(r: fakeredis.FakeRedis) -> None:
     a = request("a")
     holding(r, "alive", a)
-    Presence(r, KEYS, "alive", ttl=5).beat({"model": "m"})
+    Presence(r, KEYS, "alive", ttl=5, info=lambda: {"model": "m"}).beat()
     assert reaper(r).reap_once().workers == []
     assert r.llen(KEYS.processing("alive")) == 1
     assert list(live_workers(r, KEYS)) == ["alive"]

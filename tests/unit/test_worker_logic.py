@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import fakeredis
 import msgpack
 import numpy as np
 import pytest
 
-from embedq.protocol import Keys, Request, new_request_id, unpack_reply
+from embedq.protocol import Keys, Request, unpack_reply
 from embedq.worker.loop import Worker
 from embedq.worker.settings import Settings
 from tests.support.fake_encoder import POISON, FakeEncoder, fake_vector
+from tests.support.requests import make_request
 
 KEYS = Keys()
 
@@ -28,8 +27,8 @@ def make_worker(r: fakeredis.FakeRedis, **changes: object) -> tuple[Worker, Fake
     return Worker(settings, encoder, r), encoder
 
 
-def request(*texts: str, kind: str = "query", deadline: float | None = None) -> Request:
-    return Request(id=new_request_id(), kind=kind, texts=list(texts), deadline=deadline or time.time() + 30)
+def request(*texts: str, kind: str = "query", timeout: float = 30.0) -> Request:
+    return make_request(*texts, kind=kind, timeout=timeout)
 
 
 def push(r: fakeredis.FakeRedis, *items: Request | bytes) -> None:
@@ -81,7 +80,7 @@ def test_reply_keys_expire_and_processing_list_empties(r: fakeredis.FakeRedis) -
         ({"texts": [""]}, "empty_text"),
         ({"texts": ["x" * 51]}, "text_too_long"),
         ({"texts": ["x"] * 9}, "too_many_texts"),
-        ({"v": 2}, "unsupported_version"),
+        ({"v": 1}, "unsupported_version"),
     ],
 )
 def test_bad_request_gets_an_error_and_its_batch_mates_their_vectors(
@@ -159,7 +158,7 @@ def test_encoder_returning_garbage_is_an_error_not_a_crash(r: fakeredis.FakeRedi
 
 def test_expired_requests_are_skipped_without_encoding(r: fakeredis.FakeRedis) -> None:
     worker, encoder = make_worker(r)
-    old, fresh = request("old", deadline=time.time() - 1), request("fresh")
+    old, fresh = request("old", timeout=-1), request("fresh")
     push(r, old, fresh)
     worker.serve_once(block=0.01)
     assert r.llen(KEYS.reply(old.id)) == 0
