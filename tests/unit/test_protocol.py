@@ -43,11 +43,13 @@ def pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def rejection(
-    raw: bytes, limits: Limits = Limits(max_texts=8, max_text_chars=100, max_bytes=1 << 30)
-) -> Rejected:
+ROOMY = Limits(max_texts=8, max_text_chars=100, max_bytes=1 << 30)
+"""The test limits with no byte cap to speak of, to reach the checks after it."""
+
+
+def rejection(raw: bytes, limits: Limits | None = None) -> Rejected:
     with pytest.raises(Rejected) as info:
-        parse_request(raw, limits)
+        parse_request(raw, limits or ROOMY)
     return info.value
 
 
