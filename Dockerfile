@@ -19,7 +19,7 @@ COPY examples ./examples
 RUN pip install '.[bulk,api]'
 USER embedq
 # Bulk jobs: inputs and outputs live on a volume both the submitter and this worker see.
-CMD ["sh", "-c", "exec rq worker --url \"$REDIS_URL\" --serializer json embed-bulk"]
+CMD ["embedq", "bulk", "worker"]
 
 
 FROM base AS worker

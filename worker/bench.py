@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from embedq import EmbeddingClient
+from embedq.clock import time_reply_ms
 from embedq.protocol import Keys, Request, new_request_id
 
 from .local import RedisServer, WorkerProcess
@@ -329,10 +330,14 @@ def measure_overhead(server: RedisServer, model: str, batches: int = 200) -> dic
     worker = Worker(settings, encoder, server.client())
     keys = Keys(settings.queue)
     r = server.client()
-    deadline = time.time() + 600
+    now_ms = time_reply_ms(r.time())
     payloads = [
         Request(
-            id=new_request_id(), kind="query", texts=[f"{SHORT_TEXTS[i % 5]} {i}"], deadline=deadline
+            id=new_request_id(),
+            kind="query",
+            texts=[f"{SHORT_TEXTS[i % 5]} {i}"],
+            deadline_ms=now_ms + 600_000,
+            sent_ms=now_ms,
         ).pack()
         for i in range(8 * (batches + 5))
     ]

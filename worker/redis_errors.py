@@ -64,6 +64,8 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, redis.exceptions.NoScriptError):
         return "NOSCRIPT"
     text = str(exc)
+    if "NOPERM" in text or "can't run this command" in text or "no permissions" in text:
+        return "NOPERM"
     for code in ADVICE:
         if code != "connection" and (text.startswith(code) or f" {code} " in text or f"-{code}" in text):
             return code

@@ -40,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_bulk_parser(sub)
 
+    acl = sub.add_parser("acl", help="print the Redis ACL rules of a role (worker, producer, bulk)")
+    acl.add_argument("--role", required=True, choices=("worker", "producer", "bulk"))
+    acl.add_argument("--user", required=True, help="the Redis user name")
+    acl.add_argument("--password", required=True, help="the user's password")
+    acl.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", "embed:requests"))
+    acl.add_argument("--rq-prefix", default="rq:", help="RQ's key prefix, for the bulk role (default rq:)")
+    acl.add_argument(
+        "--format",
+        choices=("command", "aclfile"),
+        default="command",
+        help="an ACL SETUSER command for redis-cli (default), or a line for Redis's aclfile",
+    )
+
     bench = sub.add_parser("bench", help="the design record's sweep in three modes, and the targets")
     bench.add_argument("--model", help="hub id or path (default: EMBEDDING_MODEL, else the bundled MiniLM)")
     bench.add_argument("--texts", help="a file with one text per line (default: the design record's texts)")
@@ -211,6 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_bench(ns)
     if ns.command == "status":
         return cmd_status(ns)
+    if ns.command == "acl":
+        from embedq.acl import AclRules
+
+        rules = AclRules(ns.role, queue=ns.queue, rq_prefix=ns.rq_prefix)
+        print(
+            rules.command(ns.user, ns.password)
+            if ns.format == "command"
+            else rules.aclfile_line(ns.user, ns.password)
+        )
+        return 0
     if ns.command == "bulk":
         from embedq.bulk.cli import run_command
 

@@ -100,7 +100,7 @@ def add_parser(sub: Any) -> None:
     bulk = sub.add_parser("bulk", help="embed a whole document set (RQ job or foreground)")
     cmds = bulk.add_subparsers(dest="bulk_command", required=True)
 
-    submit = cmds.add_parser("submit", help="enqueue a bulk job for `rq worker --serializer json embed-bulk`")
+    submit = cmds.add_parser("submit", help="enqueue a bulk job for `embedq bulk worker`")
     _job_args(submit)
     _redis_args(submit)
     submit.add_argument("--rq-queue", default=RQ_QUEUE, help=f"RQ queue (default {RQ_QUEUE})")
@@ -116,6 +116,14 @@ def add_parser(sub: Any) -> None:
     resume.add_argument("job_id")
     _redis_args(resume)
 
+    worker = cmds.add_parser(
+        "worker", help="run the RQ worker for bulk jobs (runs embedq's job function and nothing else)"
+    )
+    _redis_args(worker)
+    worker.add_argument("--rq-queue", action="append", help=f"RQ queue(s) to serve (default {RQ_QUEUE})")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument("--name", help="the RQ worker's name (default: RQ's)")
+
     run = cmds.add_parser("run", help="run a bulk job here, in the foreground, with a progress bar")
     _job_args(run)
     _redis_args(run)
@@ -129,6 +137,13 @@ def run_command(ns: argparse.Namespace) -> int:
     try:
         if ns.bulk_command == "run":
             return _run(ns, client)
+        if ns.bulk_command == "worker":
+            from .rq_jobs import RQ_QUEUE
+            from .rq_worker import bulk_worker
+
+            worker = bulk_worker(client, ns.rq_queue or [RQ_QUEUE], name=ns.name)
+            worker.work(burst=ns.burst, with_scheduler=True)
+            return 0
         from . import rq_jobs
 
         if ns.bulk_command == "submit":

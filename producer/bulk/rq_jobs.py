@@ -1,9 +1,10 @@
 """Bulk jobs on RQ: submit one, read its progress, resume one whose RQ worker died.
 
 Jobs are stored with RQ's JSON serializer (no pickle): the job is the function path
-``embedq.bulk.job.embed_file`` with plain JSON arguments. Run them with the standard worker:
+``embedq.bulk.job.embed_file`` with plain JSON arguments. Run them with embedq's RQ worker,
+which runs that function and nothing else:
 
-    rq worker --url "$REDIS_URL" --serializer json embed-bulk
+    embedq bulk worker --redis-url "$REDIS_URL"
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from .job import BLOCK_S, BulkOptions, Progress
+from .rq_worker import JOB_FUNCTION
 
 RQ_QUEUE = "embed-bulk"
 """The RQ queue bulk jobs go to (``rq worker ... embed-bulk``)."""
-JOB_FUNCTION = "embedq.bulk.job.embed_file"
 DEFAULT_JOB_TIMEOUT = 7 * 24 * 3600
 """An RQ job is killed after this many seconds (RQ's own default, 180 s, suits no bulk job)."""
 STALE_S = 60.0

@@ -10,6 +10,7 @@ import pytest
 from embedq import Call, EmbeddingClient, EmbeddingError
 from embedq.protocol import Keys
 from tests.support.fake_encoder import POISON
+from tests.support.requests import now_ms
 from tests.support.servers import RedisServer, WorkerProcess
 
 from .conftest import RECORD_QUERIES, InProcess, client_for, cosines
@@ -23,11 +24,11 @@ class TamperedCall(Call):
         super().__init__(
             ["placeholder"], "query", keys=client.keys, max_batch=client.max_batch, timeout=client.timeout
         )
-        body = msgpack.unpackb(super().payloads()[0])
+        body = msgpack.unpackb(super().payloads(now_ms())[0])
         body.update(tamper)
         self.raw = msgpack.packb(body, use_bin_type=True)
 
-    def payloads(self) -> list[bytes]:
+    def payloads(self, now_ms: int) -> list[bytes]:
         return [self.raw]
 
 
@@ -50,10 +51,8 @@ def check_batch(client: EmbeddingClient, bad: Call, in_process: InProcess) -> Em
 @pytest.mark.parametrize(
     ("texts", "kind", "code", "phrase"),
     [
-        (["괜찮아요", 3], "query", "invalid_text", "text 1 is int, not a string"),
         (["괜찮아요", ""], "query", "empty_text", "text 1 is empty"),
         (["x" * 8193], "passage", "text_too_long", "8193 characters; the limit is 8192"),
-        (["질문"], "sentence", "invalid_kind", "'query' or 'passage'"),
         (["질문"] * 9, "query", "too_many_texts", "at most 8"),
     ],
 )
@@ -71,7 +70,9 @@ def test_bad_request_through_the_client(
     ("tamper", "code"),
     [
         ({"texts": []}, "empty_texts"),
-        ({"v": 2}, "unsupported_version"),
+        ({"v": 1}, "unsupported_version"),
+        ({"texts": ["괜찮아요", 3]}, "invalid_text"),
+        ({"kind": "sentence"}, "invalid_kind"),
         ({"texts": "one string"}, "invalid_request"),
     ],
 )
@@ -103,7 +104,7 @@ def test_request_without_usable_id_is_dead_lettered(
     keys = Keys(default_worker.queue)
     r.delete(keys.dead)
     good = client.call(RECORD_QUERIES[:1])
-    r.rpush(keys.queue, raw, *good.payloads())
+    r.rpush(keys.queue, raw, *good.payloads(now_ms()))
     assert cosines(client.wait(good), in_process.encode(RECORD_QUERIES[:1]))[0] >= 0.99999
     dead = [msgpack.unpackb(d) for d in r.lrange(keys.dead, 0, -1)]
     assert [d["code"] for d in dead] == [code]

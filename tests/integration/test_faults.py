@@ -21,8 +21,9 @@ from embedq import (
     EmbeddingTimeout,
     QueueFull,
 )
-from embedq.protocol import Keys, Request, new_request_id
+from embedq.protocol import Keys, new_request_id
 from embedq.worker.presence import live_workers
+from tests.support.requests import make_request, now_ms
 from tests.support.servers import RedisServer, WorkerProcess, wait_until
 
 from .conftest import RECORD_QUERIES, InProcess, cosines
@@ -161,8 +162,10 @@ def test_redis_restart_under_load(
     # requests sent after the restart all succeed
     assert all(after.embed_query(f"질문 {i}") for i in range(10))
     log = worker.log()
-    assert log.count("lost Redis") == 1, log
-    assert log.count("Redis is back") == 1, log
+    # the loop and the heartbeat thread each log the outage once, not each attempt
+    assert log.count("Redis error while serving") == 1, log
+    assert log.count("Redis error while writing the heartbeat") <= 1, log
+    assert log.count("Redis answers again") >= 1, log
     assert worker.alive
 
 
@@ -207,10 +210,7 @@ def test_expired_requests_are_skipped_and_counted(
     wait_until(lambda: live_workers(r, keys), 5, "a heartbeat")
     time.sleep(1.2)  # one more heartbeat (once a second): the counts include earlier tests' traffic
     expired_before, texts_before = expired_count(), texts_count()
-    stale = [
-        Request(id=new_request_id(), kind="query", texts=["늦었어요"], deadline=time.time() - 1)
-        for _ in range(3)
-    ]
+    stale = [make_request("늦었어요", timeout=-1) for _ in range(3)]
     client = EmbeddingClient.from_url(redis_server.url, queue=keys.queue, timeout=10)
     fresh = client.call(["제때 왔어요"])
     r.rpush(keys.queue, *(s.pack() for s in stale))
@@ -308,7 +308,7 @@ def test_fuzzed_queue_does_not_hurt_valid_requests(
     stream: list[bytes] = []
     for i, call in enumerate(valid):
         stream.extend(junk[i * 10 : i * 10 + 10])
-        stream.extend(call.payloads())
+        stream.extend(call.payloads(now_ms()))
     r.rpush(keys.queue, *stream)
     got = np.vstack([client.wait(c) for c in valid])
     texts = [c.requests[0].texts[0] for c in valid]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -14,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from embedq import Call, EmbeddingClient
-from embedq.protocol import Keys, Request, new_request_id
+from embedq.protocol import Keys
+from tests.support.requests import make_request
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, free_port, wait_until
 
 QUEUE = "ops:requests"
@@ -126,7 +126,7 @@ def test_status_lists_both_workers_and_the_depths(
 
     wait_until(lambda: held() == (8, 8, 4), 10, "both workers to hold a full batch, 4 waiting")
     r.rpush(keys.queue, b"junk one", b"junk two")  # no id: dead-lettered when taken
-    bulk = [Request(new_request_id(), "passage", ["문서"], time.time() + 60) for _ in range(3)]
+    bulk = [make_request("문서", kind="passage", timeout=60) for _ in range(3)]
     r.rpush(keys.bulk, *(b.pack() for b in bulk))  # served after the online ones
     report = status(redis_server)
     assert sorted(w["id"] for w in report["workers"]) == ["ops-a", "ops-b"]

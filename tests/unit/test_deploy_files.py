@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,25 +20,44 @@ def compose_binary() -> str:
     return found
 
 
-def test_compose_file_is_valid() -> None:
-    result = subprocess.run(
-        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+PASSWORD = "test-secret"
+
+
+def compose(*args: str, password: str | None = PASSWORD) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    if password is not None:
+        env["REDIS_PASSWORD"] = password
+    return subprocess.run(
+        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
+        cwd=ROOT,
     )
+
+
+def test_compose_file_is_valid() -> None:
+    result = compose("config", "-q")
     assert result.returncode == 0, result.stderr
 
 
 def compose_config() -> dict:
-    result = subprocess.run(
-        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def test_compose_redis_has_a_password_and_is_not_published() -> None:
+    refused = compose("config", password=None)
+    assert "required variable REDIS_PASSWORD is missing" in refused.stderr
+    services = compose_config()["services"]
+    redis = services["redis"]
+    assert not redis.get("ports"), "Redis must not be published on the host by default"
+    assert "--requirepass" in redis["command"] and PASSWORD in redis["command"]
+    assert redis["command"][redis["command"].index("--maxmemory-policy") + 1] == "noeviction"
+    for name in ("worker", "bulk", "api"):
+        assert services[name]["environment"]["REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
 
 
 def test_compose_worker_scales_and_waits_for_redis() -> None:
@@ -45,7 +65,6 @@ def test_compose_worker_scales_and_waits_for_redis() -> None:
     worker = config["services"]["worker"]
     assert "container_name" not in worker  # a fixed name would stop --scale
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert worker["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert float(worker["deploy"]["resources"]["limits"]["cpus"]) == float(
         worker["environment"]["EMBED_THREADS"]
     )
@@ -58,8 +77,7 @@ def test_compose_bulk_and_api_run_the_light_image_against_the_same_redis() -> No
         assert service["build"]["target"] == "producer"  # no torch in these
         assert service["environment"]["REDIS_URL"] == services["worker"]["environment"]["REDIS_URL"]
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-    command = " ".join(bulk["command"])
-    assert "rq worker" in command and "--serializer json" in command and "embed-bulk" in command
+    assert bulk["command"] == ["embedq", "bulk", "worker"]  # embedq's job function only
     assert any(v["target"] == "/data" for v in bulk["volumes"])
     assert "app:app" in api["command"] and "examples/api" in api["command"]
     assert "healthz" in " ".join(api["healthcheck"]["test"])

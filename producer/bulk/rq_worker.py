@@ -1,0 +1,79 @@
+"""The RQ worker for bulk jobs: runs embedq's job function and nothing else.
+
+A plain ``rq worker`` imports and calls whatever function path a job names, so anyone who can
+write to Redis could run ``os.system`` on the bulk host. ``embedq bulk worker`` runs RQ with
+``EmbedqJob``, which resolves only the names below (and no callbacks): any other job fails with
+a refusal instead of running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from ..protocol import shorten
+from .job import embed_file
+
+JOB_FUNCTION = "embedq.bulk.job.embed_file"
+"""The function path bulk jobs are stored under."""
+ALLOWED: dict[str, Callable[..., Any]] = {
+    JOB_FUNCTION: embed_file,
+    "producer.bulk.job.embed_file": embed_file,  # jobs stored before the embedq import name
+}
+"""The only function paths this worker runs."""
+
+
+class RefusedJob(RuntimeError):
+    """A job naming a function (or callback) embedq's bulk worker does not run."""
+
+
+class EmbedqJob(Job):
+    """An RQ job that can only be ``embed_file``: other function paths and any callbacks are
+    refused when the worker resolves them, before anything is imported."""
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        name = self.func_name
+        target = ALLOWED.get(name or "")
+        if target is None or self.instance is not None:
+            raise RefusedJob(
+                f"embedq's bulk worker runs only {JOB_FUNCTION}; job {self.id} names {shorten(name)}: refused"
+            )
+        return target
+
+    def _refuse_callback(self, kind: str, name: str | None) -> None:
+        if name:
+            raise RefusedJob(
+                f"embedq's bulk worker runs no job callbacks; job {self.id} has {kind} {shorten(name)}"
+            )
+
+    @property
+    def success_callback(self) -> Any:
+        self._refuse_callback("on_success", self._success_callback_name)
+        return None
+
+    @property
+    def failure_callback(self) -> Any:
+        self._refuse_callback("on_failure", self._failure_callback_name)
+        return None
+
+    @property
+    def stopped_callback(self) -> Any:
+        self._refuse_callback("on_stopped", self._stopped_callback_name)
+        return None
+
+
+def bulk_worker(connection: redis.Redis, queues: Sequence[str], *, name: str | None = None) -> Worker:
+    """An RQ worker on ``queues`` with the JSON serializer and ``EmbedqJob``."""
+    return Worker(
+        [Queue(q, connection=connection, serializer=JSONSerializer, job_class=EmbedqJob) for q in queues],
+        connection=connection,
+        serializer=JSONSerializer,
+        job_class=EmbedqJob,
+        name=name,
+    )
