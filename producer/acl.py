@@ -17,8 +17,9 @@ from .protocol import DEFAULT_QUEUE, Keys
 
 ROLES = ("worker", "producer", "bulk")
 
-CONNECT = "+ping +time +script|load +client|setinfo +client|setname +hello"
-"""What every role needs to connect and load scripts (redis-py sends CLIENT SETINFO)."""
+CONNECT = "+ping +time +script|load +client|setname +hello"
+"""What every role needs to connect and load scripts (redis-py's CLIENT SETINFO, new in Redis 7.2,
+may be refused: redis-py carries on without it)."""
 
 WORKER_COMMANDS = (
     "+evalsha +eval +blpop +lmove +lpush +rpush +lrange +ltrim +lrem +lindex +llen "

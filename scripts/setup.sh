@@ -5,15 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# redis-server for the service and the tests; faketime for the clock-skew tests
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v faketime >/dev/null 2>&1 || missing="$missing faketime"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: redis-server is missing; install it first: sudo apt-get install -y redis-server" >&2
+    echo "setup: missing Debian packages:$missing; install them first: sudo apt-get install -y$missing" >&2
     exit 1
   fi
-  echo "setup: installing redis-server from Debian's packages"
+  echo "setup: installing$missing from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq redis-server >/dev/null
+  apt-get install -y -qq $missing >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis
@@ -103,7 +103,9 @@ class WorkerProcess:
         *,
         start_timeout: float = 120.0,
         cwd: str | Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix``: a command to run the worker under (``faketime -f +6s``, say)."""
         self.queue = queue
         self.log_path = Path(tempfile.mkstemp(prefix="embedq-worker-", suffix=".log")[1])
         full_env = {
@@ -118,7 +120,7 @@ class WorkerProcess:
             full_env["EMBEDDING_MODEL"] = bundled_model_path()
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "embedq.worker"],
+            [*prefix, sys.executable, "-m", "embedq.worker"],
             cwd=cwd,
             env=full_env,
             stdout=self._log,
@@ -139,6 +141,17 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def peak_rss_kib(self) -> int:
+        """The process's peak resident memory so far (VmHWM), in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM in /proc status")
 
     def terminate(self, timeout: float = 15.0) -> int:
         if self.alive:

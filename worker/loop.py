@@ -237,8 +237,11 @@ class Worker:
                 moved,
                 self.settings.worker_id,
             )
-        self.presence.beat()
-        self.presence.check_policy()
+        try:  # the heartbeat thread keeps trying: a stray key must not stop the serving
+            self.presence.beat()
+            self.presence.check_policy()
+        except redis.exceptions.ResponseError as exc:
+            self.presence.guard.failed(exc, "writing the first heartbeat")
         info = self.info()
         self.metrics.describe({k: info[k] for k in INFO_METRIC_FIELDS})
 

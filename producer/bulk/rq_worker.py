@@ -38,6 +38,9 @@ class EmbedqJob(Job):
 
     @property
     def func(self) -> Callable[..., Any]:
+        self._refuse_callback("on_success", self._success_callback_name)
+        self._refuse_callback("on_failure", self._failure_callback_name)
+        self._refuse_callback("on_stopped", self._stopped_callback_name)
         name = self.func_name
         target = ALLOWED.get(name or "")
         if target is None or self.instance is not None:
@@ -49,7 +52,8 @@ class EmbedqJob(Job):
     def _refuse_callback(self, kind: str, name: str | None) -> None:
         if name:
             raise RefusedJob(
-                f"embedq's bulk worker runs no job callbacks; job {self.id} has {kind} {shorten(name)}"
+                f"embedq's bulk worker runs no job callbacks; job {self.id} has {kind} "
+                f"{shorten(name)}: refused"
             )
 
     @property
