@@ -15,6 +15,7 @@ from embedq import (
     EmbeddingClient,
     EmbeddingError,
     EmbeddingTimeout,
+    EmbedqEmbeddings,
     InvalidInput,
     QueueFull,
 )
@@ -114,3 +115,52 @@ def test_async_client_queue_full_and_round_trip(server: fakeredis.FakeServer) ->
         return docs
 
     assert [row[0] for row in asyncio.run(main())] == [3, 2]
+
+
+# --- every bad argument is refused before anything is sent, with a message a person can act on ---
+
+
+@pytest.mark.parametrize(
+    ("texts", "kind", "phrase"),
+    [
+        (["fine", "lone \ud800 surrogate"], "query", "text 1 cannot be encoded as UTF-8"),
+        (["fine", 42], "query", "text 1 is int, not a string"),
+        (["fine"], "sentence", "'query' or 'passage'"),
+        ("one string", "query", "not a single string"),
+    ],
+)
+def test_bad_texts_are_refused_locally(
+    server: fakeredis.FakeServer, texts: object, kind: str, phrase: str
+) -> None:
+    client = sync_client(server)
+    with pytest.raises(InvalidInput, match=phrase):
+        client.embed(texts, kind)  # type: ignore[arg-type]
+    assert fakeredis.FakeRedis(server=server).llen("embed:requests") == 0
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0, 0.0])
+def test_timeouts_must_be_positive_and_finite(server: fakeredis.FakeServer, timeout: float) -> None:
+    with pytest.raises(ValueError, match="positive finite"):
+        sync_client(server, timeout=timeout)
+    with pytest.raises(ValueError, match="positive finite"):
+        EmbeddingClient.from_url("redis://localhost:1/0", timeout=timeout)
+
+
+def test_misspelled_options_are_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"'timout'.*takes queue, timeout, max_batch, max_queue"):
+        EmbeddingClient.from_url("redis://localhost:1/0", timout=3)
+    with pytest.raises(TypeError, match="'redis_ur'"):
+        EmbedqEmbeddings(redis_ur="redis://localhost:1/0")
+    with pytest.raises(TypeError, match=r"use EmbeddingClient.from_url\('redis://localhost:1/0'\)"):
+        EmbeddingClient("redis://localhost:1/0")  # type: ignore[arg-type]
+    ok = EmbedqEmbeddings(redis_url="redis://localhost:1/0", socket_timeout=2.0)
+    assert ok.url == "redis://localhost:1/0"
+
+
+def test_truncate_travels_in_the_request(server: fakeredis.FakeServer) -> None:
+    client = sync_client(server)
+    call = client.call(["a"], "passage", truncate=False)
+    body = parse_request(call.payloads(1_000)[0], Limits())
+    assert body.truncate is False and 5_900 < body.deadline_ms <= 1_000 + 5_000
+    with pytest.raises(InvalidInput, match="truncate"):
+        client.call(["a"], truncate="no")  # type: ignore[arg-type]
