@@ -123,6 +123,7 @@ def add_parser(sub: Any) -> None:
     worker.add_argument("--rq-queue", action="append", help=f"RQ queue(s) to serve (default {RQ_QUEUE})")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument("--name", help="the RQ worker's name (default: RQ's)")
+    worker.add_argument("--worker-ttl", type=int, help="seconds before RQ deems a silent worker dead")
 
     run = cmds.add_parser("run", help="run a bulk job here, in the foreground, with a progress bar")
     _job_args(run)
@@ -141,8 +142,8 @@ def run_command(ns: argparse.Namespace) -> int:
             from .rq_jobs import RQ_QUEUE
             from .rq_worker import bulk_worker
 
-            worker = bulk_worker(client, ns.rq_queue or [RQ_QUEUE], name=ns.name)
-            worker.work(burst=ns.burst, with_scheduler=True)
+            worker = bulk_worker(client, ns.rq_queue or [RQ_QUEUE], name=ns.name, worker_ttl=ns.worker_ttl)
+            worker.work(burst=ns.burst)
             return 0
         from . import rq_jobs
 

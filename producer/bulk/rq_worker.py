@@ -72,7 +72,9 @@ class EmbedqJob(Job):
         return None
 
 
-def bulk_worker(connection: redis.Redis, queues: Sequence[str], *, name: str | None = None) -> Worker:
+def bulk_worker(
+    connection: redis.Redis, queues: Sequence[str], *, name: str | None = None, worker_ttl: int | None = None
+) -> Worker:
     """An RQ worker on ``queues`` with the JSON serializer and ``EmbedqJob``."""
     return Worker(
         [Queue(q, connection=connection, serializer=JSONSerializer, job_class=EmbedqJob) for q in queues],
@@ -80,4 +82,5 @@ def bulk_worker(connection: redis.Redis, queues: Sequence[str], *, name: str | N
         serializer=JSONSerializer,
         job_class=EmbedqJob,
         name=name,
+        worker_ttl=worker_ttl,
     )

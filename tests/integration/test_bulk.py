@@ -37,15 +37,15 @@ RQ_QUEUE = "it-bulk-jobs"
 
 
 class RQWorker:
-    """``rq worker --serializer json`` as a child process in a session of its own."""
+    """``embedq bulk worker`` (RQ, embedq's job only) as a child process in a session of its own."""
 
     def __init__(self, redis_url: str, name: str, *, burst: bool = False, queue: str = RQ_QUEUE) -> None:
         self.log_path = ROOT / f".pytest-rq-{name}.log"
         self._log = self.log_path.open("w")
-        args = [sys.executable, "-m", "rq.cli", "worker", "--url", redis_url, "--serializer", "json"]
+        args = [sys.executable, "-m", "embedq.worker.tools", "bulk", "worker", "--redis-url", redis_url]
         args += ["--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}", "--worker-ttl", "30"]
         self.proc = subprocess.Popen(
-            [*args, *(["--burst"] if burst else []), queue],
+            [*args, *(["--burst"] if burst else []), "--rq-queue", queue],
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=self._log,
@@ -331,6 +331,27 @@ def test_bad_documents_are_listed_and_the_rest_embedded(
     replaced = embedq("bulk", "run", str(other), str(tmp_path / "out"), *common, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert ids_of(tmp_path / "out" / "ids.jsonl") == ["z"]
+
+
+def test_documents_over_the_token_window_are_cut_and_listed_or_refused(
+    tmp_path: Path, redis_server: RedisServer, model_worker: WorkerProcess, in_process: InProcess
+) -> None:
+    long_text = "문서가 모델의 토큰 창보다 훨씬 깁니다. " * 300
+    source = tmp_path / "docs.jsonl"
+    texts = ["짧은 문서", long_text, "또 짧은 문서"]
+    source.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    common = ["--redis-url", redis_server.url, "--queue", model_worker.queue, "--quiet"]
+    done = embedq("bulk", "run", str(source), str(tmp_path / "out"), *common)
+    assert done.returncode == 0, done.stderr
+    listed = [json.loads(line) for line in (tmp_path / "out" / "truncated.jsonl").read_text().splitlines()]
+    assert listed == [{"row": 1, "id": "d1"}]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["truncated"] == 1
+    vectors = np.load(tmp_path / "out" / "vectors.npy")
+    assert cosines(vectors, in_process.encode(texts, "passage: ")).min() >= 0.99999  # cut as the model cuts
+
+    strict = embedq("bulk", "run", str(source), str(tmp_path / "strict"), *common, "--no-truncate")
+    assert strict.returncode == 1
+    assert "line 2 (id 'd1')" in strict.stderr and "tokens" in strict.stderr, strict.stderr
 
 
 def test_a_worker_refusal_fails_the_job_with_the_reason(
