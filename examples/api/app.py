@@ -20,17 +20,66 @@ from typing import Literal
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedq import (
     AsyncEmbeddingClient,
     EmbeddingConnectionError,
     EmbeddingError,
     EmbeddingTimeout,
+    InvalidInput,
     QueueFull,
 )
 
 MAX_TEXTS = 64
 """Most texts one HTTP call may embed (split into worker-sized requests by the client)."""
+MAX_TEXT_CHARS = int(os.environ.get("EMBED_MAX_TEXT_CHARS", "8192"))
+"""Longest text accepted: the workers' limit, refused here before it travels."""
+MAX_BODY_BYTES = int(os.environ.get("EMBED_API_MAX_BODY_BYTES", str(MAX_TEXTS * MAX_TEXT_CHARS * 6 + 4096)))
+"""Largest request body read (413 beyond): enough for MAX_TEXTS texts of MAX_TEXT_CHARS characters
+as JSON-escaped UTF-8."""
+
+
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes with 413, by its Content-Length or, for a
+    chunked body, as soon as the bytes read pass the limit: nothing larger is buffered."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    """A chunked body passed the limit while being read."""
 
 
 class EmbedRequest(BaseModel):
@@ -63,14 +112,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="embedq example API", lifespan=lifespan)
+app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
 
 @app.post("/embed", response_model=EmbedResponse)
 async def embed(body: EmbedRequest) -> EmbedResponse:
     """Embed ``texts`` through the embedq workers."""
     client: AsyncEmbeddingClient = app.state.embedq
+    too_long = [i for i, t in enumerate(body.texts) if len(t) > MAX_TEXT_CHARS]
+    if too_long:
+        raise HTTPException(
+            422,
+            detail={
+                "code": "text_too_long",
+                "message": f"text {too_long[0]} is over {MAX_TEXT_CHARS} characters",
+            },
+        )
     try:
         vectors = await client.embed(body.texts, body.kind)
+    except InvalidInput as exc:
+        raise HTTPException(422, detail={"code": "invalid_input", "message": str(exc)}) from exc
     except EmbeddingError as exc:  # refused by the worker: the caller's input
         raise HTTPException(422, detail={"code": exc.code, "message": exc.message}) from exc
     except QueueFull as exc:
