@@ -17,21 +17,18 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import msgpack
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from embedq import EmbeddingClient
 from embedq.protocol import Keys, new_request_id
-from embedq.worker.local import RedisServer, WorkerProcess
-from tests.support.requests import now_ms
+from embedq.worker.local import RedisServer, WorkerProcess, bundled_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FAKE_SLOW = {"EMBED_ENCODER": "tests.support.fake_encoder:build", "EMBED_TEST_DIM": "8"}
 
@@ -44,7 +41,9 @@ def failover(kills: int) -> dict[str, object]:
     keys = Keys(queue)
     admin = server.client()
     env = {**FAKE_SLOW, "EMBED_TEST_ENCODE_DELAY": "0.3"}
-    workers = {n: WorkerProcess(server.url, queue, {**env, "EMBED_WORKER_ID": n}, cwd=ROOT) for n in ("a", "b")}
+    workers = {
+        n: WorkerProcess(server.url, queue, {**env, "EMBED_WORKER_ID": n}, cwd=ROOT) for n in ("a", "b")
+    }
     client = EmbeddingClient.from_url(server.url, queue=queue, timeout=30)
     requeued, answered = [], []
     try:
@@ -89,7 +88,7 @@ def memory(sizes_mb: list[int]) -> dict[str, object]:
     try:
         for size in sizes_mb:
             before = worker.peak_rss_kib()
-            rid, now = new_request_id(), now_ms()
+            rid, now = new_request_id(), int(time.time() * 1000)  # the local Redis's clock
             head = {"v": 2, "id": rid, "kind": "query", "deadline_ms": now + 120_000, "sent_ms": now}
             raw = msgpack.packb({**head, "texts": ["x" * (size * 1_000_000)]}, use_bin_type=True)
             admin.rpush(keys.queue, raw)
@@ -116,11 +115,9 @@ def memory(sizes_mb: list[int]) -> dict[str, object]:
 
 DRIVER = r"""
 import json, sys, threading, time
-try:
-    from embedq import EmbeddingClient
-except ImportError:
-    from producer import EmbeddingClient
-url, queue, producers, timeout, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+from producer import EmbeddingClient  # the tree's own client: in this tree, the package embedq
+url, queue = sys.argv[1], sys.argv[2]
+producers, timeout, seconds = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 client = EmbeddingClient.from_url(url, queue=queue, timeout=timeout, max_queue=None)
 stop = time.monotonic() + seconds
 counts = {"ok": 0, "failed": 0}
@@ -150,9 +147,12 @@ def overload(tree: Path, producers: int, timeout: float, seconds: float) -> dict
     queue = "overload:requests"
     module = "embedq.worker" if (tree / "worker" / "lane.py").exists() else "worker"
     env = {**os.environ, "REDIS_URL": server.url, "EMBED_QUEUE": queue, "PYTHONUNBUFFERED": "1",
-           "EMBEDDING_MODEL": bundled_model(), "EMBED_WORKER_ID": "overload", "PYTHONPATH": str(tree)}  # fmt: skip
+           "EMBEDDING_MODEL": bundled_model_path(), "EMBED_WORKER_ID": "overload",
+           "PYTHONPATH": str(tree)}  # fmt: skip
     log = open(tree / ".overload-worker.log", "w")  # noqa: SIM115
-    worker = subprocess.Popen([sys.executable, "-m", module], cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", module], cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while " ready: " not in (tree / ".overload-worker.log").read_text():
@@ -188,14 +188,10 @@ def overload(tree: Path, producers: int, timeout: float, seconds: float) -> dict
     }
 
 
-def bundled_model() -> str:
-    from embedq.worker.local import bundled_model_path
-
-    return bundled_model_path()
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     f = sub.add_parser("failover")
     f.add_argument("--kills", type=int, default=5)

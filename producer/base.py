@@ -22,6 +22,9 @@ SOCKET_GRACE = 1.0
 """Socket timeout beyond the call timeout: a blocking pop ends by itself first (Redis answers
 within ~0.1 s of its timeout); a silently dropped connection ends by the socket soon after."""
 
+MAX_CONNECTIONS = 1000
+"""Connections one client may open (one per call in flight)."""
+
 CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue")
 """The options of every producer client, besides the Redis connection's."""
 
@@ -38,6 +41,9 @@ def connection_options(timeout: float) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": 30,
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(ConnectionError,)),
+        # every call waiting on a reply holds a connection: redis-py's default pool of 100 would
+        # fail the 101st concurrent call of a busy chatbot process with "Too many connections"
+        "max_connections": MAX_CONNECTIONS,
     }
 
 

@@ -47,24 +47,33 @@ EWMA_ALPHA = 0.2
 
 @dataclass
 class EncodeEstimate:
-    """How long an encode of n texts is expected to take: a moving average per text."""
+    """How long an encode of n texts is expected to take: a moving average per batch size,
+    first measured at warm-up (1 text and a full batch, with the sizes between interpolated).
+    Per size, not per text: a batch of 8 costs far less than 8 batches of 1, and an estimate that
+    assumed otherwise would refuse requests that could be answered in time."""
 
-    per_text_ms: float = 0.0
-    samples: int = 0
+    by_size: dict[int, float] = field(default_factory=dict)
+
+    def calibrate(self, one_ms: float, full_ms: float, full: int) -> None:
+        """Set the estimate from a measured encode of 1 text and of ``full`` texts."""
+        for n in range(1, full + 1):
+            self.by_size[n] = one_ms + (full_ms - one_ms) * (n - 1) / max(1, full - 1)
 
     def add(self, texts: int, ms: float) -> None:
         """One encode of ``texts`` texts took ``ms``."""
         if texts <= 0:
             return
-        per_text = ms / texts
-        self.per_text_ms = (
-            per_text if not self.samples else (1 - EWMA_ALPHA) * self.per_text_ms + EWMA_ALPHA * per_text
-        )
-        self.samples += 1
+        old = self.by_size.get(texts)
+        self.by_size[texts] = ms if old is None else (1 - EWMA_ALPHA) * old + EWMA_ALPHA * ms
 
     def expected_ms(self, texts: int) -> float:
-        """Expected encode time of ``texts`` texts."""
-        return self.per_text_ms * texts
+        """Expected encode time of ``texts`` texts (0 before anything was measured)."""
+        if texts in self.by_size:
+            return self.by_size[texts]
+        if not self.by_size:
+            return 0.0
+        largest = max(self.by_size)
+        return self.by_size[largest] * texts / largest
 
 
 @dataclass
@@ -160,11 +169,15 @@ class Worker:
         return self._stopping
 
     def warm_up(self) -> None:
-        """One encode before serving, so the first real request does not pay for lazy setup;
-        it also gives the first encode-time estimate."""
-        started = time.perf_counter()
+        """Encodes before serving, so the first real request does not pay for lazy setup; a
+        lone text and a full batch, timed, give the first encode-time estimate."""
         self.encoder.encode(["warm-up"], ["query"])
-        self.estimate.add(1, (time.perf_counter() - started) * 1000.0)
+        timed = []
+        for n in (1, self.settings.max_batch):
+            started = time.perf_counter()
+            self.encoder.encode([f"warm-up text {i}" for i in range(n)], ["query"] * n)
+            timed.append((time.perf_counter() - started) * 1000.0)
+        self.estimate.calibrate(timed[0], timed[1], self.settings.max_batch)
 
     def describe(self) -> str:
         """The start-up line: everything that decides what vectors and latency a user gets."""
@@ -328,8 +341,9 @@ class Worker:
         for i, outcome in enumerate(out.counts):
             if i in undeliverable:
                 outcome = "dead"
-            elif outcome == "ok" and out.deadlines[i] and now_ms > out.deadlines[i]:
-                self.metrics.late(len(out.replies[i].vectors or ()), name)
+            elif outcome == "ok" and now_ms > out.deadlines[i]:
+                vectors = out.replies[i].vectors
+                self.metrics.late(0 if vectors is None else len(vectors), name)
             self.metrics.outcome(outcome, name)
         if undeliverable:
             log.warning(

@@ -122,8 +122,9 @@ class RedisGuard:
         if self._on_error is not None:
             self._on_error(code)
         if fresh:
-            advice = ADVICE.get(code, "an unexpected Redis error; retrying with backoff")
-            log.error("Redis error while %s: %s. %s", where, message, advice)
+            advice = ADVICE.get(code, "unexpected; retrying with backoff")
+            kind = "Redis error" if isinstance(exc, redis.exceptions.RedisError) else "error"
+            log.error("%s while %s: %s. %s", kind, where, message, advice)
         return delay
 
     def recovered(self) -> None:

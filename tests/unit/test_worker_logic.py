@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedq.protocol import Keys, Request, unpack_reply
-from embedq.worker.loop import Worker
+from embedq.worker.loop import EncodeEstimate, Worker
 from embedq.worker.settings import Settings
 from tests.support.fake_encoder import POISON, FakeEncoder, fake_vector
 from tests.support.requests import make_request
@@ -166,6 +166,38 @@ def test_expired_requests_are_skipped_without_encoding(r: fakeredis.FakeRedis) -
     assert encoder.calls == [1]
     assert worker.counts["expired"] == 1
     assert r.llen(KEYS.processing("w1")) == 0
+
+
+def test_a_request_that_cannot_make_its_deadline_is_refused_and_a_late_answer_counted(
+    r: fakeredis.FakeRedis,
+) -> None:
+    worker, encoder = make_worker(r)
+    encoder.delay = 0.2
+    worker.estimate.calibrate(200.0, 200.0, 8)  # every batch takes about 200 ms
+    tight, roomy = request("tight", timeout=0.1), request("roomy", timeout=30)
+    push(r, tight, roomy)
+    worker.serve_once(block=0.01)
+    refused = reply_of(r, tight)
+    assert refused.code == "deadline_exceeded" and "200 ms" in refused.message
+    assert reply_of(r, roomy).ok
+    assert encoder.calls == [1]  # only the request that could be answered in time was encoded
+    assert (worker.counts["late"], worker.counts.get("late_texts", 0)) == (1, 0)
+    worker.estimate.calibrate(1.0, 1.0, 8)  # the estimate is wrong now: the answer comes late
+    slow = request("slow", timeout=0.1)
+    push(r, slow)
+    worker.serve_once(block=0.01)
+    assert reply_of(r, slow).ok
+    assert worker.counts["late_texts"] == 1  # encoded for nobody: counted
+
+
+def test_the_encode_estimate_is_per_batch_size() -> None:
+    estimate = EncodeEstimate()
+    assert estimate.expected_ms(8) == 0.0
+    estimate.calibrate(10.0, 24.0, 8)
+    assert (estimate.expected_ms(1), estimate.expected_ms(8)) == (10.0, 24.0)
+    assert estimate.expected_ms(4) == 16.0 and estimate.expected_ms(16) == 48.0
+    estimate.add(8, 34.0)
+    assert estimate.expected_ms(8) == pytest.approx(26.0)
 
 
 def test_batches_hold_at_most_max_batch_texts(r: fakeredis.FakeRedis) -> None:
