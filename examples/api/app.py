@@ -42,7 +42,8 @@ as JSON-escaped UTF-8."""
 
 class BodyLimit:
     """Refuses a request body over ``limit`` bytes with 413, by its Content-Length or, for a
-    chunked body, as soon as the bytes read pass the limit: nothing larger is buffered."""
+    chunked body, as soon as the bytes read pass the limit: nothing larger is buffered. The body
+    is read here, then handed to the app."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -56,30 +57,28 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await self._refuse(send)
             return
+        messages: list[Message] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise BodyTooLarge
-            return message
+                await self._refuse(send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, limited, send)
-        except BodyTooLarge:
-            await self._refuse(send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
         body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
-
-
-class BodyTooLarge(Exception):
-    """A chunked body passed the limit while being read."""
 
 
 class EmbedRequest(BaseModel):

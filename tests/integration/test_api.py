@@ -80,3 +80,25 @@ def test_no_redis_is_a_503_not_a_crash(
         assert response.status_code == 503
         assert "cannot talk to Redis" in response.json()["detail"]
         assert client.get("/healthz").status_code == 503
+
+
+def test_bodies_and_texts_over_the_limits_are_refused_before_they_travel(api: TestClient) -> None:
+    module = sys.modules["embedq_example_api"]
+    huge = {"texts": ["x" * 1000] * 8, "pad": "y" * module.MAX_BODY_BYTES}
+    response = api.post("/embed", json=huge)
+    assert response.status_code == 413 and "request body over" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: cut off while being read
+        yield b'{"texts": ["'
+        for _ in range(module.MAX_BODY_BYTES // 65536 + 2):
+            yield b"z" * 65536
+        yield b'"]}'
+
+    streamed = api.post("/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    too_long = api.post("/embed", json={"texts": ["ok", "x" * (module.MAX_TEXT_CHARS + 1)]})
+    assert too_long.status_code == 422 and too_long.json()["detail"]["code"] == "text_too_long"
+    surrogate = api.post(
+        "/embed", content=b'{"texts": ["\\ud800 lone"]}', headers={"content-type": "application/json"}
+    )
+    assert surrogate.status_code == 422 and surrogate.json()["detail"]["code"] == "invalid_input"
