@@ -156,6 +156,7 @@ def rq_workers(redis_server: RedisServer) -> Iterator[list[RQWorker]]:
         w.stop()
 
 
+@pytest.mark.slow
 @needs_korquad
 @pytest.mark.timeout(180 + BULK_DOCS // 4)
 def test_a_korquad_document_set_is_embedded_through_rq(
@@ -228,6 +229,7 @@ def test_a_korquad_document_set_is_embedded_through_rq(
     assert cosines(np.asarray(vectors[sample[:16]]), online).min() >= 0.99999
 
 
+@pytest.mark.slow
 @needs_korquad
 @pytest.mark.timeout(400)
 def test_a_job_killed_halfway_resumes_to_the_same_output_redoing_at_most_one_chunk(
@@ -407,6 +409,7 @@ def test_online_queries_wait_behind_at_most_one_bulk_batch(
         worker.terminate()
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_for_a_large_input(
     tmp_path: Path, redis_server: RedisServer, fast_worker: WorkerProcess
 ) -> None:

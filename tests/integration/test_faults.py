@@ -74,6 +74,7 @@ def test_killed_worker_holding_a_batch_is_covered_by_another(
     assert "worker doomed is gone: put 5 request(s) back" in rescuer.log()
 
 
+@pytest.mark.slow
 def test_thousand_requests_survive_three_worker_crashes(
     redis_server: RedisServer, workers: list[WorkerProcess], in_process: InProcess
 ) -> None:

@@ -66,6 +66,7 @@ def status(redis_server: RedisServer) -> dict:  # type: ignore[type-arg]
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_load_and_metrics_add_up(
     redis_server: RedisServer, pair: tuple[WorkerProcess, WorkerProcess, int]
 ) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.support.servers import embedq
 
 from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES
 
 
+@pytest.mark.slow
 def test_eval_queue_path_ranks_like_in_process(tmp_path: Path) -> None:
     pairs = tmp_path / "pairs.jsonl"
     docs = [RECORD_LONG_TEXT, "Gangnam pasta place, open at 11.", "A vegan bakery closed on Mondays."]
@@ -28,6 +31,7 @@ def test_eval_queue_path_ranks_like_in_process(tmp_path: Path) -> None:
     assert table[0].split("|")[3:] == table[1].split("|")[3:]  # same metrics on both paths
 
 
+@pytest.mark.slow
 def test_bench_tiny_run_writes_its_reports(tmp_path: Path) -> None:
     out = tmp_path / "results"
     result = embedq(
