@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what embedq needs on a Debian machine: redis-server (Debian's package) and a
-# virtual environment in .venv with embedq[worker,dev]. Safe to run again: it only redoes what
+# virtual environment in .venv with embedq[worker,torch,openvino,export,dev]. Safe to run again: it only redoes what
 # changed. Python 3.10+ and, for redis-server, root (or an existing redis-server) are needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +28,9 @@ fi
 stamp=.venv/.embedq-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing embedq[worker,dev] into .venv (torch is pinned to the CPU build 2.13.0)"
+  echo "setup: installing embedq[worker,torch,openvino,export,dev] into .venv (torch is pinned to the CPU build 2.13.0)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[worker,dev]'
+  .venv/bin/python -m pip install -q -e '.[worker,torch,openvino,export,dev]'
   echo "$want" >"$stamp"
 fi
 echo "setup: ready ($(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f1-3))"

@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--any", action="store_true", help="any live worker on the queue will do")
     reap = sub.add_parser("reap", help="put the requests of dead workers back on the queue, once")
+    export = sub.add_parser(
+        "export",
+        help="export a sentence-transformers model for EMBED_BACKEND=onnx|openvino (needs embedq[export])",
+    )
+    export.add_argument("model", help="hub id or local directory of a sentence-transformers model")
+    export.add_argument("--out", required=True, help="directory to write (must not hold an export)")
+    export.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also write a dynamically quantized int8 graph and serve that: faster, but its vectors "
+        "differ from the model's (re-embed your store)",
+    )
     for f in fields(Settings):
         shown = {None: "auto", MISSING: "hostname-pid"}.get(f.default, f.default)
         flag = "--" + f.name.replace("_", "-")
@@ -201,6 +213,32 @@ def reap(settings: Settings) -> int:
     return 0
 
 
+def export(model: str, out: str, quantize: str | None) -> int:
+    """``embedq-worker export``: the export and its fidelity check, or a clear error."""
+    try:
+        from .export import export as run_export
+    except ImportError as exc:
+        print(
+            f"embedq-worker export needs the export extra (pip install '.[export]'): {exc}", file=sys.stderr
+        )
+        return 2
+    from .model_config import ModelConfigError
+    from .onnx_encoder import ExportError
+
+    try:
+        manifest = run_export(model, out, quantize=quantize)
+    except (ExportError, ModelConfigError) as exc:
+        print(f"embedq-worker export: {exc}", file=sys.stderr)
+        return 1
+    fidelity = manifest["fidelity"]
+    print(
+        f"exported {model} to {out}: min cosine vs torch {fidelity['min_cosine']:.8f}, max abs diff "
+        f"{fidelity['max_abs_diff']:.2e} over {fidelity['probes']} probes; serve it with "
+        f"EMBEDDING_MODEL={out} EMBED_BACKEND=onnx (or openvino)"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``embedq-worker`` and ``python -m embedq.worker``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -208,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.insert(0, "run")
     ns = build_parser().parse_args(args)
     command = ns.command
+    if command == "export":
+        configure_logging("INFO")
+        return export(ns.model, ns.out, ns.quantize)
     any_worker = bool(getattr(ns, "any", False))
     overrides = {k: v for k, v in vars(ns).items() if k not in ("command", "any")}
     try:

@@ -111,6 +111,7 @@ class SentenceTransformerEncoder:
 
         torch.set_num_threads(threads)
         self.name = model
+        self.backend = "torch"
         self.device = device
         self.threads = threads
         self.model = SentenceTransformer(model, device=device)
@@ -182,11 +183,16 @@ class SentenceTransformerEncoder:
 
 
 def build_encoder(settings: Settings) -> Encoder:
-    """The encoder the settings ask for: ``settings.encoder`` (``module:callable``) or the default."""
+    """The encoder the settings ask for: ``settings.encoder`` (``module:callable``), an export on
+    ONNX Runtime or OpenVINO (``EMBED_BACKEND``), or sentence-transformers."""
     if settings.encoder:
         module_name, _, attr = settings.encoder.partition(":")
         if not attr:
             raise ValueError(f"EMBED_ENCODER must look like 'module:callable', got {settings.encoder!r}")
         factory = getattr(importlib.import_module(module_name), attr)
         return factory(settings)
+    if settings.backend in ("onnx", "openvino"):
+        from .onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder.from_settings(settings)
     return SentenceTransformerEncoder.from_settings(settings)

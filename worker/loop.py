@@ -34,7 +34,7 @@ IDLE_BLOCK_S = 0.25
 """How long one idle wait for a wake token lasts before the loop looks for a stop (and for
 requests pushed without a token)."""
 INFO_METRIC_FIELDS = (
-    "model", "dim", "device", "threads", "max_batch", "bulk_max_batch",
+    "model", "backend", "dim", "device", "threads", "max_batch", "bulk_max_batch",
     "batch_policy", "batch_wait_ms", "queue", "max_tokens", "truncate",
 )  # fmt: skip
 """What ``embedq_worker_info`` reports of ``Worker.info()``."""
@@ -184,7 +184,8 @@ class Worker:
         s, e = self.settings, self.encoder
         source = getattr(e, "prefix_source", "encoder")
         return (
-            f"worker {s.worker_id} ready: model={e.name} dim={e.dim} max_tokens={e.max_tokens} "
+            f"worker {s.worker_id} ready: model={e.name} backend={getattr(e, 'backend', s.backend)} "
+            f"dim={e.dim} max_tokens={e.max_tokens} "
             f"truncate={s.truncate} device={s.device} "
             f"threads={s.threads} max_batch={s.max_batch} bulk_max_batch={s.bulk_max_batch} "
             f"batch_policy={s.batch_policy} "
@@ -199,6 +200,7 @@ class Worker:
         s, e = self.settings, self.encoder
         return {
             "model": e.name,
+            "backend": getattr(e, "backend", s.backend),
             "dim": e.dim,
             "max_tokens": e.max_tokens,
             "truncate": s.truncate,

@@ -28,6 +28,9 @@ class Settings:
     redis_url: str = "redis://localhost:6379/0"
     queue: str = DEFAULT_QUEUE
     model: str = DEFAULT_MODEL
+    backend: str = "torch"
+    """``torch``: sentence-transformers; ``onnx`` / ``openvino``: an export made by
+    ``embedq-worker export`` (EMBEDDING_MODEL is its directory), served without torch."""
     device: str = "cpu"
     threads: int = 2
     max_batch: int = 8
@@ -75,6 +78,7 @@ class Settings:
     def __post_init__(self) -> None:
         checks = {
             "threads": self.threads >= 1,
+            "backend": self.backend in ("torch", "onnx", "openvino"),
             "max_batch": self.max_batch >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 0,
             "batch_policy": self.batch_policy in ("adaptive", "fixed"),
@@ -136,6 +140,7 @@ ENV: dict[str, str] = {
     "redis_url": "REDIS_URL",
     "queue": "EMBED_QUEUE",
     "model": "EMBEDDING_MODEL",
+    "backend": "EMBED_BACKEND",
     "device": "EMBED_DEVICE",
     "threads": "EMBED_THREADS",
     "max_batch": "EMBED_MAX_BATCH",

@@ -39,6 +39,7 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
             {
                 "id": worker_id,
                 "model": info.get("model"),
+                "backend": info.get("backend", "torch"),
                 "dim": info.get("dim"),
                 "device": info.get("device"),
                 "threads": info.get("threads"),
@@ -85,7 +86,7 @@ def render(report: dict[str, Any]) -> str:
     for w in report["workers"]:
         c = w["counts"]
         lines.append(
-            f"  {w['id']}: {w['model']} dim={w['dim']} {w['device']} threads={w['threads']} "
+            f"  {w['id']}: {w['model']} ({w['backend']}) dim={w['dim']} {w['device']} threads={w['threads']} "
             f"batch<={w['max_batch']} {w['batch_policy']}/{w['batch_wait_ms']}ms | holding {w['holding']}, "
             f"{w['batches']} batches, ok={c.get('ok', 0)} error={c.get('error', 0)} "
             f"expired={c.get('expired', 0)} dead={c.get('dead', 0)} bulk_texts={c.get('bulk_texts', 0)} | "

@@ -1,0 +1,239 @@
+"""The torch-free encoder: an exported model (``embedq-worker export``) run by ONNX Runtime or
+OpenVINO, with the model's own tokenizer, pooling and normalization in numpy.
+
+It computes what ``SentenceTransformer.encode`` computes (the export checked that on a probe
+set before reporting success), so the vectors match a store built with the torch model. It
+needs onnxruntime (or openvino), tokenizers and numpy: no torch, no sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .encoder import Prefixes, resolve_prefixes
+from .model_config import ModelConfig
+
+MANIFEST = "embedq_export.json"
+"""The export's description, written last: its presence means a complete, checked export."""
+ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+BACKENDS = ("torch", "onnx", "openvino")
+
+
+class ExportError(RuntimeError):
+    """A directory that is not a usable export, or an export that failed its check."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """An exported model directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Export:
+        """The export in ``path``, or ``ExportError`` saying how to make one."""
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise ExportError(
+                f"{str(root)!r} is not an embedq export (no {MANIFEST}): make one with "
+                f"`embedq-worker export MODEL --out {root}`, or serve the model with EMBED_BACKEND=torch"
+            )
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for name in (manifest.get("onnx", ONNX_FILE), TOKENIZER_FILE):
+            if not (root / name).is_file():
+                raise ExportError(f"export {str(root)!r} lacks {name}: export the model again")
+        return cls(root, manifest)
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig.from_json(self.manifest["config"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / str(self.manifest.get("onnx", ONNX_FILE))
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies these exact vectors: the source model and the export's own hash."""
+        return str(self.manifest.get("sha256", ""))
+
+
+class Tokens:
+    """The model's tokenizer (``tokenizers``, no transformers): ids, masks and type ids, padded,
+    cut to the model's window as sentence-transformers cuts them."""
+
+    def __init__(self, path: Path, config: ModelConfig, input_names: Sequence[str], pad_id: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.config = config
+        self.input_names = list(input_names)
+        self.pad_id = pad_id
+        self.uncut = Tokenizer.from_file(str(path))
+        self.uncut.no_truncation()
+        self.uncut.no_padding()
+        self.cut = Tokenizer.from_file(str(path))
+        self.cut.no_padding()
+        if config.max_seq_length:
+            self.cut.enable_truncation(max_length=config.max_seq_length)
+        else:
+            self.cut.no_truncation()
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """As sentence-transformers prepares texts: stripped, lowercased if the model says so."""
+        out = [t.strip() for t in texts]
+        return [t.lower() for t in out] if self.config.lowercase else out
+
+    def counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text, uncut, special tokens included."""
+        return [len(e.ids) for e in self.uncut.encode_batch(self.prepare(texts))]
+
+    def batch(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The model's inputs for ``texts``: int64 matrices padded to the longest."""
+        encodings = self.cut.encode_batch(self.prepare(texts))
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n] = e.ids
+            mask[row, :n] = 1
+            types[row, :n] = e.type_ids
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: inputs[name] for name in self.input_names}
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """Token vectors to one vector per text, as sentence-transformers' Pooling module does."""
+    if mode == "cls":
+        return hidden[:, 0]
+    weights = mask[..., None].astype(hidden.dtype)
+    if mode == "max":
+        return np.where(weights > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1)
+    summed = (hidden * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    if mode == "mean_sqrt_len":
+        return summed / np.sqrt(counts)
+    return summed / counts
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Unit length rows (as torch.nn.functional.normalize, eps 1e-12)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class OnnxEncoder:
+    """An exported model on ONNX Runtime (``runtime="onnx"``) or OpenVINO (``"openvino"``, its
+    inference precision pinned to f32 so the vectors stay exact)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        runtime: str = "onnx",
+        threads: int = 2,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+    ) -> None:
+        if runtime not in ("onnx", "openvino"):
+            raise ExportError(f"unknown runtime {runtime!r}: onnx or openvino")
+        self.export = Export.open(path)
+        manifest = self.export.manifest
+        self.config = self.export.config
+        self.runtime = runtime
+        self.threads = threads
+        self.name = str(manifest.get("source") or path)
+        self.dim = self.config.dim
+        self.max_tokens: int | None = self.config.max_seq_length
+        own = manifest.get("prefixes") or {}
+        resolved = resolve_prefixes(
+            self.name, self.config.prompts, query_override=query_prefix, passage_override=passage_prefix
+        )
+        if query_prefix is None and passage_prefix is None and own:
+            resolved = Prefixes(query=own.get("query", ""), passage=own.get("passage", ""), source="export")
+        self.prefix_source = resolved.source
+        self.prefixes = resolved.as_dict()
+        self.tokens = Tokens(
+            self.export.path / TOKENIZER_FILE, self.config, manifest["input_names"], int(manifest["pad_id"])
+        )
+        self._run = self._onnxruntime() if runtime == "onnx" else self._openvino()
+
+    @property
+    def backend(self) -> str:
+        """What the heartbeat reports: the runtime, and int8 when the export is quantized."""
+        quantized = self.export.manifest.get("quantized")
+        return f"{self.runtime}-{quantized}" if quantized else self.runtime
+
+    def _onnxruntime(self) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session = ort.InferenceSession(
+            str(self.export.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        output = session.get_outputs()[0].name
+
+        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(session.run([output], inputs)[0])
+
+        return run
+
+    def _openvino(self) -> Any:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(
+            core.read_model(str(self.export.onnx_path)),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": "f32",  # its default on many CPUs is bf16: close, not exact
+                "INFERENCE_NUM_THREADS": self.threads,
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
+        request = compiled.create_infer_request()
+
+        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(request.infer(inputs)[compiled.output(0)])
+
+        return run
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> OnnxEncoder:
+        """The encoder a worker with these settings uses."""
+        os.environ.setdefault("OMP_NUM_THREADS", str(settings.threads))
+        return cls(
+            settings.model,
+            runtime=settings.backend,
+            threads=settings.threads,
+            query_prefix=settings.query_prefix,
+            passage_prefix=settings.passage_prefix,
+        )
+
+    def _inputs(self, texts: Sequence[str], kinds: Sequence[str]) -> list[str]:
+        return [self.prefixes[k] + t for k, t in zip(kinds, texts, strict=True)]
+
+    def token_counts(self, texts: Sequence[str], kinds: Sequence[str]) -> list[int]:
+        """Tokens per text with its prefix and the special tokens, uncut."""
+        return self.tokens.counts(self._inputs(texts, kinds))
+
+    def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
+        """One float32 row per text, in order."""
+        inputs = self.tokens.batch(self._inputs(texts, kinds))
+        hidden = self._run(inputs).astype(np.float32, copy=False)
+        vectors = pool(hidden, inputs["attention_mask"], self.config.pooling)
+        return np.ascontiguousarray(normalize(vectors), dtype=np.float32)
