@@ -1,6 +1,10 @@
-# embedq images. Two targets from one file:
-#   worker (the default, last stage): CPU-only torch, the model baked in at build time
+# embedq images. Targets from one file:
+#   worker (the default, last stage): torch-free; serves the model exported at build time on
+#     ONNX Runtime (EMBED_BACKEND=onnx; openvino with the openvino extra), same vectors as torch
 #     docker build -t embedq-worker --build-arg MODEL=intfloat/multilingual-e5-large .
+#   worker-torch: the same model on sentence-transformers (CPU torch), for models the export
+#     does not handle
+#     docker build -t embedq-worker-torch --target worker-torch .
 #   producer: no torch; runs the RQ bulk worker and the example API
 #     docker build -t embedq-producer --target producer .
 FROM python:3.11-slim AS base
@@ -22,28 +26,56 @@ USER embedq
 CMD ["embedq", "bulk", "worker"]
 
 
-FROM base AS worker
-ARG MODEL=intfloat/multilingual-e5-large
-ENV HF_HOME=/opt/hf
-# CPU wheel of torch from PyTorch's own index: the PyPI wheel for Linux is the multi-GB CUDA build.
-# Installed before the code is copied, so a code change does not download torch again.
+# torch (CPU wheel from PyTorch's own index: the PyPI wheel for Linux is the multi-GB CUDA build),
+# installed before the code is copied, so a code change does not download torch again.
+FROM base AS torch
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY producer ./producer
 COPY worker ./worker
-RUN pip install '.[worker]'
 
+
+# Build stage: fetch the model and export it; the export checks itself against torch.
+FROM torch AS export
+ARG MODEL=intfloat/multilingual-e5-large
+ENV HF_HOME=/opt/hf
+RUN pip install '.[export]' \
+    && embedq-worker export "$MODEL" --out /opt/model \
+    && chmod -R a+rX /opt/model
+
+
+FROM torch AS worker-torch
+ARG MODEL=intfloat/multilingual-e5-large
+ENV HF_HOME=/opt/hf
+RUN pip install '.[worker,torch]'
 # Fetch the model now so the container starts offline.
 RUN python -c "import sys; from sentence_transformers import SentenceTransformer; SentenceTransformer(sys.argv[1])" "$MODEL" \
     && chmod -R a+rX "$HF_HOME"
-
 USER embedq
 ENV HF_HUB_OFFLINE=1 \
     EMBEDDING_MODEL=$MODEL \
+    EMBED_BACKEND=torch \
     EMBED_THREADS=2 \
     EMBED_DEVICE=cpu \
     EMBED_METRICS_PORT=9100
 EXPOSE 9100
-# Fresh heartbeat of this container's worker (ids default to hostname-pid).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["embedq-worker", "health"]
+CMD ["embedq-worker"]
+
+
+# The default image: no torch, no sentence-transformers; the export from the build stage.
+FROM base AS worker
+COPY pyproject.toml README.md ./
+COPY producer ./producer
+COPY worker ./worker
+RUN pip install '.[worker]'
+COPY --from=export /opt/model /opt/model
+USER embedq
+ENV EMBEDDING_MODEL=/opt/model \
+    EMBED_BACKEND=onnx \
+    EMBED_THREADS=2 \
+    EMBED_METRICS_PORT=9100
+EXPOSE 9100
+# Fresh heartbeat of this container's worker (ids default to hostname-pid).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["embedq-worker", "health"]
 CMD ["embedq-worker"]

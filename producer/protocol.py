@@ -379,6 +379,7 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
                 f"text {i} has {len(text)} characters; the limit is {limits.max_text_chars} "
                 "(EMBED_MAX_TEXT_CHARS). Split the text into chunks; it is not cut silently",
             )
+    assert isinstance(deadline_ms, int) and isinstance(sent_ms, int)  # checked above
     return Request(
         id=request_id,
         kind=kind,
@@ -449,7 +450,7 @@ def unpack_reply(raw: bytes) -> Reply:
     if not isinstance(obj, dict) or obj.get("v") != PROTOCOL_VERSION:
         raise ValueError(f"unexpected reply: {shorten(obj)}")
     try:
-        common = {
+        common: dict[str, Any] = {
             "id": str(obj.get("id", "")),
             "queue_ms": float(obj.get("queue_ms", 0.0)),
             "encode_ms": float(obj.get("encode_ms", 0.0)),

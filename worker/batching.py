@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 DEFAULT_POLL_S = 0.001
 """How often the queue is looked at while a batch is gathering."""
@@ -97,10 +98,10 @@ def make_policy(name: str, *, max_batch: int, max_wait_s: float, gap_s: float) -
     raise ValueError(f"unknown batch policy {name!r}: choose one of {sorted(POLICIES)}")
 
 
-class Source(Protocol[T]):
+class Source(Protocol[T_co]):
     """Where requests come from (the Redis request list, in the worker)."""
 
-    def take(self, limit: int, *, block: float) -> Sequence[T]:
+    def take(self, limit: int, *, block: float) -> Sequence[T_co]:
         """Up to ``limit`` requests already queued; with ``block`` > 0, first wait up to that
         many seconds for one to arrive. An empty result means none came."""
         ...

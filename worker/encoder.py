@@ -31,11 +31,19 @@ _PASSAGE_PROMPT_NAMES = ("passage", "document", "corpus")
 class Encoder(Protocol):
     """What the worker needs from a model."""
 
-    name: str
-    dim: int
-    prefixes: Mapping[str, str]
-    max_tokens: int | None
-    """The model's token window (texts longer than it are cut), or None if it has none."""
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def prefixes(self) -> Mapping[str, str]: ...
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The model's token window (texts longer than it are cut), or None if it has none."""
+        ...
 
     def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
         """One float32 row per text, unit length; ``kinds[i]`` is ``query`` or ``passage``."""
@@ -120,7 +128,7 @@ class SentenceTransformerEncoder:
             getattr(self.model, "get_embedding_dimension", None)
             or self.model.get_sentence_embedding_dimension
         )
-        self.dim = int(get_dim())
+        self.dim = int(get_dim() or 0)
         resolved = resolve_prefixes(
             model,
             dict(getattr(self.model, "prompts", {}) or {}),

@@ -73,8 +73,8 @@ def export(model: str, out: str | Path, *, quantize: str | None = None, opset: i
         )
     target.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    transformer = reference.model[0]
-    auto_model = transformer.auto_model.eval()
+    transformer: Any = reference.model[0]
+    auto_model: Any = transformer.auto_model.eval()
     if hasattr(auto_model, "set_attn_implementation"):
         auto_model.set_attn_implementation("eager")  # traceable attention; the same numbers
     tokenizer = reference.model.tokenizer

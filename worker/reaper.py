@@ -90,7 +90,8 @@ class Reaper:
     def _reap(self, worker_id: str) -> tuple[int, int]:
         requeued = dead = 0
         for queue, processing in self.keys.lanes(worker_id):  # online, then bulk
-            while (raw := self.redis.lindex(processing, -1)) is not None:
+            while (found := self.redis.lindex(processing, -1)) is not None:
+                raw = bytes(found) if not isinstance(found, str) else found.encode()
                 request_id = peek_id(raw)
                 attempts = self.outcomes.count_attempts([request_id])[0] if request_id else 0
                 if request_id and attempts >= self.max_attempts:

@@ -128,7 +128,7 @@ class Settings:
         """Settings from environment variables, with ``overrides`` (CLI flags) on top."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        types = {f.name: f.type for f in fields(cls)}
+        types = {f.name: str(f.type) for f in fields(cls)}
         for name, var in ENV.items():
             if var in env:
                 values[name] = _parse(name, var, env[var], _PARSERS[types[name]])

@@ -450,7 +450,8 @@ class BulkJob:
                 continue
             key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
             item = pending.pop(key)
-            reply = unpack_reply(popped[1])
+            body = popped[1]
+            reply = unpack_reply(body.encode() if isinstance(body, str) else body)
             if not reply.ok:
                 self._refused(chunk, item, reply.code or "error", reply.message or "", todo)
                 continue

@@ -86,6 +86,18 @@ def test_compose_bulk_and_api_run_the_light_image_against_the_same_redis() -> No
 def test_dockerfile_targets_exist_and_the_worker_is_the_default() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = [line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")]
-    assert stages == ["base", "producer", "worker"]  # the last stage is what a plain build makes
+    assert stages == [
+        "base",
+        "producer",
+        "torch",
+        "export",
+        "worker-torch",
+        "worker",
+    ]  # the last is the default
     assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
     assert "HEALTHCHECK" in text and "embedq-worker" in text and "USER embedq" in text
+    worker = text[text.rindex("FROM base AS worker") :]
+    assert "torch" not in worker.replace("torch-free", "")  # the default image serves without torch
+    assert "pip install '.[worker]'" in worker and "COPY --from=export /opt/model" in worker
+    assert "EMBED_BACKEND=onnx" in worker
+    assert "embedq-worker export" in text[text.index("AS export") : text.index("AS worker-torch")]

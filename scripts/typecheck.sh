@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# mypy over the installed layout (embedq = producer/, embedq.worker = worker/), through a tree of
+# links: mypy cannot follow the import hook of setuptools' editable install. Errors name
+# embedq/... paths: embedq/X is producer/X, embedq/worker/X is worker/X.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+mkdir "$tree/embedq"
+for f in "$root"/producer/*.py; do ln -s "$f" "$tree/embedq/"; done
+ln -s "$root/producer/bulk" "$tree/embedq/bulk"
+ln -s "$root/worker" "$tree/embedq/worker"
+cd "$tree"
+exec "$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" embedq
