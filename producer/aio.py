@@ -9,7 +9,7 @@ import numpy as np
 import redis.asyncio
 
 from .base import ClientBase
-from .call import Call, check_pushed, redis_errors
+from .call import WINDOW, Call, check_pushed, redis_errors
 
 
 class AsyncEmbeddingClient(ClientBase):
@@ -17,27 +17,29 @@ class AsyncEmbeddingClient(ClientBase):
 
     redis_class = redis.asyncio.Redis
 
-    async def send(self, *calls: Call) -> None:
-        """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue
-        already holds ``max_queue`` requests."""
+    async def send(self, *calls: Call, limit: int | None = None) -> None:
+        """Push the unsent requests of ``calls`` (at most ``limit`` of each) onto the queue, in
+        order; ``QueueFull`` if the queue already holds ``max_queue`` requests."""
         with redis_errors(self._where):
             if self.clock.stale():
                 sent = time.monotonic()
                 reply = await self.redis.time()
                 self.clock.update(reply, sent, time.monotonic())
-            for args in self._enqueue_args(calls):
+            for args in self._enqueue_args(calls, limit):
                 pushed = await self._enqueue(keys=self._enqueue_keys, args=args)
                 check_pushed(int(pushed), self.keys.queue, self.max_queue)
 
     async def wait(self, call: Call) -> np.ndarray:
         """Wait until every request of ``call`` is answered; the vectors in input order."""
-        with redis_errors(self._where):
-            while not call.done:
+        while not call.done:
+            if call.unsent and call.in_flight < WINDOW:
+                await self.send(call, limit=WINDOW - call.in_flight)
+            with redis_errors(self._where):
                 popped = await self.redis.blpop(call.pending_keys(), timeout=call.remaining())
-                if popped is None:
-                    call.remaining()  # raises EmbeddingTimeout when the time is up
-                    continue
-                call.accept(*popped)
+            if popped is None:
+                call.remaining()  # raises EmbeddingTimeout when the time is up
+                continue
+            call.accept(*popped)
         return call.result()
 
     async def embed(
@@ -47,7 +49,7 @@ class AsyncEmbeddingClient(ClientBase):
         call = self.call(texts, kind, truncate=truncate)
         if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
-        await self.send(call)
+        await self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
         return await self.wait(call)
 
     async def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:

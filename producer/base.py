@@ -140,9 +140,9 @@ class ClientBase:
             texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout, truncate=truncate
         )
 
-    def _enqueue_args(self, calls: Sequence[Call]) -> list[list[bytes | int]]:
+    def _enqueue_args(self, calls: Sequence[Call], limit: int | None) -> list[list[bytes | int]]:
         now = self.clock.now_ms()
-        payloads = [p for c in calls for p in c.payloads(now)]
+        payloads = [p for c in calls for p in c.payloads(now, limit)]
         return list(push_slices(payloads, self.max_queue))
 
     @property

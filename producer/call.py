@@ -1,8 +1,11 @@
 """One embedding call's bookkeeping, shared by the sync and asyncio clients.
 
-A call is one or more requests (texts split by max-batch) with one deadline. The clients only
-do I/O: push ``payloads()``, then pop from ``pending_keys()`` until ``done``; this class checks
-each reply and puts the vectors back in input order.
+A call is one or more requests (texts split by max-batch). The clients only do I/O: push
+``payloads()`` (all of them, or a window at a time), then pop from ``pending_keys()`` until
+``done``; this class checks each reply and puts the vectors back in input order. ``timeout``
+bounds how long the call may go without progress: each request's deadline is ``timeout`` after
+it is sent, and every reply restarts the clock, so a call of any length works at the default
+timeout as long as the workers keep answering it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ return n
 -1 - depth), and leave a token on the wake list (KEYS[2]) for an idle worker: one round trip."""
 PUSH_SLICE = 1000
 """Payloads per script call (Lua's unpack has a stack limit)."""
+WINDOW = 32
+"""Requests of one call queued or being encoded at once (``embed`` streams the rest as replies
+come): a 5,000-text call neither floods the queue nor expires while it waits its turn."""
 
 
 def push_slices(payloads: Sequence[bytes], limit: int | None) -> Iterator[list[bytes | int]]:
@@ -108,6 +114,10 @@ class Call:
         self.truncate = truncate
         self.max_batch = max_batch
         self.started = time.monotonic()
+        self.progress_at = self.started
+        """When the call last made progress (sent, or got a reply): its timeout counts from here."""
+        self.sent = 0
+        """Requests pushed so far (they go in order)."""
         self.requests = build_requests(
             self.texts, kind, max_batch=max_batch, timeout=self.timeout, now_ms=0, truncate=truncate
         )
@@ -116,15 +126,33 @@ class Call:
         self.replies: list[Reply | None] = [None] * len(self.requests)
         """Each request's reply once answered: timings, batch size and worker, for monitoring."""
 
-    def payloads(self, now_ms: int) -> list[bytes]:
-        """The packed requests, in input order, for one RPUSH; their deadline is the call's,
-        stamped on the Redis clock (``now_ms``: Redis time now)."""
-        left_ms = int(max(0.0, self.timeout - (time.monotonic() - self.started)) * 1000)
-        return [replace(r, deadline_ms=now_ms + left_ms, sent_ms=now_ms).pack() for r in self.requests]
+    def payloads(self, now_ms: int, limit: int | None = None) -> list[bytes]:
+        """The next requests not yet sent (all, or at most ``limit``), packed in input order for
+        one RPUSH, with their deadline stamped on the Redis clock (``now_ms``: Redis time now)."""
+        if self.sent == 0:
+            left = self.timeout - (time.monotonic() - self.started)
+        else:
+            left = self.timeout
+            self.progress_at = time.monotonic()
+        left_ms = int(max(0.0, left) * 1000)
+        end = len(self.requests) if limit is None else min(len(self.requests), self.sent + limit)
+        batch = self.requests[self.sent : end]
+        self.sent = end
+        return [replace(r, deadline_ms=now_ms + left_ms, sent_ms=now_ms).pack() for r in batch]
+
+    @property
+    def unsent(self) -> int:
+        """Requests not yet pushed."""
+        return len(self.requests) - self.sent
+
+    @property
+    def in_flight(self) -> int:
+        """Requests pushed and not yet answered."""
+        return sum(1 for r in self.replies[: self.sent] if r is None)
 
     def pending_keys(self) -> list[str]:
-        """Reply keys still unanswered."""
-        return [k for k, i in self._slot.items() if self.replies[i] is None]
+        """Reply keys of sent requests still unanswered."""
+        return [k for k, i in self._slot.items() if i < self.sent and self.replies[i] is None]
 
     @property
     def done(self) -> bool:
@@ -132,10 +160,20 @@ class Call:
         return all(r is not None for r in self.replies)
 
     def remaining(self) -> float:
-        """Seconds left before the deadline; raises ``EmbeddingTimeout`` when none are."""
-        left = self.timeout - (time.monotonic() - self.started)
+        """Seconds left before the call's timeout (since its last progress); raises
+        ``EmbeddingTimeout`` when none are, saying how much of the call was answered."""
+        left = self.timeout - (time.monotonic() - self.progress_at)
         if left < MIN_WAIT:
-            raise EmbeddingTimeout(time.monotonic() - self.started, self.keys.queue, len(self.pending_keys()))
+            answered = sum(1 for r in self.replies if r is not None)
+            reason = ""
+            if answered:
+                reason = (
+                    f"{answered} of {len(self.requests)} requests were answered, then none for "
+                    f"{self.timeout:g}s: the workers stopped or fell behind (embedq status)"
+                )
+            raise EmbeddingTimeout(
+                time.monotonic() - self.started, self.keys.queue, len(self.pending_keys()), reason=reason
+            )
         return left
 
     def accept(self, key: bytes | str, raw: bytes) -> None:
@@ -175,6 +213,7 @@ class Call:
                 reply.id,
             )
         self.replies[slot] = reply
+        self.progress_at = time.monotonic()
 
     @property
     def truncated(self) -> list[int]:

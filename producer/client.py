@@ -9,7 +9,7 @@ import numpy as np
 import redis
 
 from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, ClientBase, connection_options
-from .call import Call, check_pushed, redis_errors
+from .call import WINDOW, Call, check_pushed, redis_errors
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -31,27 +31,29 @@ class EmbeddingClient(ClientBase):
 
     redis_class = redis.Redis
 
-    def send(self, *calls: Call) -> None:
-        """Push the requests of ``calls`` onto the queue, in order; ``QueueFull`` if the queue
-        already holds ``max_queue`` requests."""
+    def send(self, *calls: Call, limit: int | None = None) -> None:
+        """Push the unsent requests of ``calls`` (at most ``limit`` of each) onto the queue, in
+        order; ``QueueFull`` if the queue already holds ``max_queue`` requests."""
         with redis_errors(self._where):
             if self.clock.stale():
                 sent = time.monotonic()
                 reply = self.redis.time()
                 self.clock.update(reply, sent, time.monotonic())
-            for args in self._enqueue_args(calls):
+            for args in self._enqueue_args(calls, limit):
                 pushed = self._enqueue(keys=self._enqueue_keys, args=args)
                 check_pushed(int(pushed), self.keys.queue, self.max_queue)
 
     def wait(self, call: Call) -> np.ndarray:
         """Block until every request of ``call`` is answered; the vectors in input order."""
-        with redis_errors(self._where):
-            while not call.done:
+        while not call.done:
+            if call.unsent and call.in_flight < WINDOW:
+                self.send(call, limit=WINDOW - call.in_flight)
+            with redis_errors(self._where):
                 popped = self.redis.blpop(call.pending_keys(), timeout=call.remaining())
-                if popped is None:
-                    call.remaining()  # raises EmbeddingTimeout when the time is up
-                    continue
-                call.accept(*popped)
+            if popped is None:
+                call.remaining()  # raises EmbeddingTimeout when the time is up
+                continue
+            call.accept(*popped)
         return call.result()
 
     def embed(self, texts: Sequence[str], kind: str = "query", *, truncate: bool | None = None) -> np.ndarray:
@@ -59,7 +61,7 @@ class EmbeddingClient(ClientBase):
         call = self.call(texts, kind, truncate=truncate)
         if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
-        self.send(call)
+        self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
         return self.wait(call)
 
     def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:

@@ -173,7 +173,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _queue_vectors(ns: argparse.Namespace, model: str, data: object, prefixes: dict[str, str | None]):  # type: ignore[no-untyped-def]
+def _queue_vectors(ns: argparse.Namespace, model: str, data: object, prefixes: dict[str, str | None]):
     from embedq import EmbeddingClient
 
     from . import evaluate as ev

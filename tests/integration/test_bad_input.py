@@ -28,7 +28,8 @@ class TamperedCall(Call):
         body.update(tamper)
         self.raw = msgpack.packb(body, use_bin_type=True)
 
-    def payloads(self, now_ms: int) -> list[bytes]:
+    def payloads(self, now_ms: int, limit: int | None = None) -> list[bytes]:
+        self.sent = len(self.requests)
         return [self.raw]
 
 

@@ -501,3 +501,43 @@ def test_the_bulk_worker_runs_only_embedqs_job(server: RedisServer, tmp_path: Pa
         assert np.load(tmp_path / "out" / "vectors.npy").shape == (5, 8)
     finally:
         assert worker.terminate() == 0, worker.log()
+
+
+# --- a call of any length works at the default timeout ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_embed_documents_of_5000_texts_at_default_settings(server: RedisServer) -> None:
+    from embedq import EmbedqEmbeddings
+
+    queue = "long-call:requests"
+    worker = worker_for(server, queue, EMBED_TEST_ENCODE_DELAY="0.015")  # ~9 s for 5,000 texts: past 5 s
+    try:
+        embeddings = EmbedqEmbeddings(server.url, queue=queue)  # default timeout, 5 s
+        texts = [f"문서 {i}" for i in range(5000)]
+        started = time.monotonic()
+        vectors = embeddings.embed_documents(texts)
+        took = time.monotonic() - started
+        assert took > 5.0  # longer than the timeout, and no EmbeddingTimeout
+        assert len(vectors) == 5000
+        np.testing.assert_allclose(vectors[4321], fake_vector("passage", "문서 4321"), rtol=1e-6)
+        assert server.client().llen(Keys(queue).queue) == 0
+    finally:
+        assert worker.terminate() == 0, worker.log()
+
+
+def test_a_stalled_long_call_says_what_was_answered(server: RedisServer) -> None:
+    queue = "stalled:requests"
+    worker = worker_for(server, queue, EMBED_TEST_ENCODE_DELAY="0.01")
+    client = EmbeddingClient.from_url(server.url, queue=queue, timeout=1.5)
+    call = client.call([f"문서 {i}" for i in range(400)], "passage")
+    client.send(call, limit=40)
+    admin = server.client()
+    wait_until(lambda: sum(admin.exists(k) for k in call.pending_keys()) >= 8, 10, "some answers")
+    worker.proc.send_signal(signal.SIGSTOP)  # the worker hangs
+    try:
+        with pytest.raises(EmbeddingTimeout, match=r"\d+ of 50 requests were answered, then none for 1.5s"):
+            client.wait(call)
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+        assert worker.terminate() == 0, worker.log()

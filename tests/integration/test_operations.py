@@ -103,7 +103,11 @@ def test_two_workers_share_the_load_and_metrics_add_up(
     assert moved[f"embedq_encode_seconds_sum{{{online}}}"] >= DELAY * len(batches_a)  # encoder delay
     assert moved[f"embedq_queue_wait_seconds_count{{{online}}}"] == by_worker["ops-a"]
     assert moved['embedq_texts_encoded_total{lane="bulk"}'] == 0
-    assert after['embedq_queue_depth{queue="online"}'] >= 0
+    wait_until(
+        lambda: scrape(port)['embedq_queue_depth{queue="online"}'] == 0,
+        5,
+        "the depth gauge to show the drained queue",
+    )
     assert after['embedq_queue_depth{queue="bulk"}'] == 0
     info = [k for k in after if k.startswith("embedq_worker_info{")]
     assert len(info) == 1
