@@ -20,6 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from embedq.extras import MissingExtra, require
+
 from .settings import ENV, Settings, SettingsError
 
 log = logging.getLogger("embedq.worker")
@@ -216,12 +218,11 @@ def reap(settings: Settings) -> int:
 def export(model: str, out: str, quantize: str | None) -> int:
     """``embedq-worker export``: the export and its fidelity check, or a clear error."""
     try:
-        from .export import export as run_export
-    except ImportError as exc:
-        print(
-            f"embedq-worker export needs the export extra (pip install '.[export]'): {exc}", file=sys.stderr
-        )
+        require("export", "torch", "sentence_transformers", "onnx", "onnxscript", what="embedq-worker export")
+    except MissingExtra as exc:
+        print(f"embedq-worker: {exc}", file=sys.stderr)
         return 2
+    from .export import export as run_export
     from .model_config import ModelConfigError
     from .onnx_encoder import ExportError
 
@@ -262,4 +263,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if command == "reap":
         return reap(settings)
+    try:
+        check_extras(settings)
+    except MissingExtra as exc:
+        print(f"embedq-worker: {exc}", file=sys.stderr)
+        return 2
     return run(settings)
+
+
+def check_extras(settings: Settings) -> None:
+    """``MissingExtra`` naming the extra to install when the backend's packages are missing."""
+    what = f"a worker with EMBED_BACKEND={settings.backend}"
+    require("worker", "prometheus_client", what="embedq-worker")
+    if settings.encoder:
+        return
+    if settings.backend == "torch":
+        require("torch", "torch", "sentence_transformers", what=what)
+    elif settings.backend == "openvino":
+        require("openvino", "openvino", "tokenizers", what=what)
+    else:
+        require("worker", "onnxruntime", "tokenizers", what=what)

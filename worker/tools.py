@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedq.extras import MissingExtra, require
+
 from .bench import model_label as bench_model_label
 
 DEFAULT_RESULTS = Path("benchmarks/results")
@@ -220,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``embedq``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ns = build_parser().parse_args(argv)
+    if ns.command in ("bench", "eval"):
+        try:
+            require("torch", "torch", "sentence_transformers", what=f"embedq {ns.command}")
+        except MissingExtra as exc:
+            print(f"embedq: {exc}", file=sys.stderr)
+            return 2
     if ns.command == "bench":
         return cmd_bench(ns)
     if ns.command == "status":

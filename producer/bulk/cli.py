@@ -12,8 +12,9 @@ from typing import Any
 
 import redis
 
+from ..extras import MissingExtra, require
 from ..protocol import DEFAULT_QUEUE
-from .job import BulkError, BulkOptions, Progress, run_bulk
+from .job import RQ_QUEUE, BulkError, BulkOptions, Progress, run_bulk
 from .output import OutputError
 from .reader import BulkInputError
 
@@ -95,8 +96,6 @@ def options_from(ns: argparse.Namespace) -> BulkOptions:
 
 def add_parser(sub: Any) -> None:
     """Add ``bulk`` and its subcommands to an ``embedq`` subparsers object."""
-    from .rq_jobs import RQ_QUEUE
-
     bulk = sub.add_parser("bulk", help="embed a whole document set (RQ job or foreground)")
     cmds = bulk.add_subparsers(dest="bulk_command", required=True)
 
@@ -134,12 +133,19 @@ def add_parser(sub: Any) -> None:
 def run_command(ns: argparse.Namespace) -> int:
     """Carry out ``embedq bulk <command>``; exit status 0, or 1 with a message on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if ns.bulk_command == "run":
+            require("bulk", "tqdm", what="embedq bulk run")
+        else:
+            require("bulk", "rq", what=f"embedq bulk {ns.bulk_command}")
+    except MissingExtra as exc:
+        print(f"embedq: {exc}", file=sys.stderr)
+        return 2
     client = redis.Redis.from_url(ns.redis_url)
     try:
         if ns.bulk_command == "run":
             return _run(ns, client)
         if ns.bulk_command == "worker":
-            from .rq_jobs import RQ_QUEUE
             from .rq_worker import bulk_worker
 
             worker = bulk_worker(client, ns.rq_queue or [RQ_QUEUE], name=ns.name, worker_ttl=ns.worker_ttl)

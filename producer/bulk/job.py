@@ -35,6 +35,8 @@ from .reader import BadDocument, BulkInputError, Document, DocumentReader, Input
 
 log = logging.getLogger("embedq.bulk")
 
+RQ_QUEUE = "embed-bulk"
+"""The RQ queue bulk jobs go to (``embedq bulk worker`` serves it)."""
 BLOCK_S = 2.0
 """Longest single wait for a reply, so progress and deadlines are looked at regularly."""
 PROGRESS_EVERY_S = 1.0

@@ -18,11 +18,9 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from .job import BLOCK_S, BulkOptions, Progress
+from .job import BLOCK_S, RQ_QUEUE, BulkOptions, Progress
 from .rq_worker import JOB_FUNCTION
 
-RQ_QUEUE = "embed-bulk"
-"""The RQ queue bulk jobs go to (``rq worker ... embed-bulk``)."""
 DEFAULT_JOB_TIMEOUT = 7 * 24 * 3600
 """An RQ job is killed after this many seconds (RQ's own default, 180 s, suits no bulk job)."""
 STALE_S = 60.0
