@@ -11,18 +11,18 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-KORQUAD_FILE = Path("data") / "korquad" / "KorQuAD_v1.0_dev.json"
-KORQUAD_PLACES = (
-    Path(__file__).resolve().parents[1].parent / "shared" / KORQUAD_FILE,  # beside this checkout
-    Path("/work/shared") / KORQUAD_FILE,  # the team's machines
-)
+KORQUAD_NAME = "KorQuAD_v1.0_dev.json"
+KORQUAD_DEFAULT = Path("..") / "shared" / "data" / "korquad"
+"""Where the data is looked for when ``EMBEDQ_KORQUAD`` is not set: the team's shared folder
+beside the checkout, relative to the working directory (the checkout's root)."""
 
 
-def find_korquad() -> Path | None:
-    """The KorQuAD dev set: ``EMBEDQ_KORQUAD`` if set, else the shared folder; None if absent."""
-    if os.environ.get("EMBEDQ_KORQUAD"):
-        return Path(os.environ["EMBEDQ_KORQUAD"])
-    return next((p for p in KORQUAD_PLACES if p.is_file()), None)
+def find_korquad(where: str | Path | None = None) -> Path | None:
+    """The KorQuAD dev set: ``where`` (a file or the folder holding it), else ``EMBEDQ_KORQUAD``,
+    else ``../shared/data/korquad``; None if it is not there."""
+    place = Path(where or os.environ.get("EMBEDQ_KORQUAD") or KORQUAD_DEFAULT)
+    path = place / KORQUAD_NAME if place.is_dir() else place
+    return path if path.is_file() else None
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

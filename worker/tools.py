@@ -15,8 +15,6 @@ from embedq.extras import MissingExtra, require
 
 from .bench import model_label as bench_model_label
 
-DEFAULT_RESULTS = Path("benchmarks/results")
-
 
 def _ints(value: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value.split(",") if v)
@@ -69,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overhead-batches", type=int, help="batches timed for target 4 (default 200)")
     bench.add_argument("--quick", action="store_true", help="a small preset: under 2 minutes on 2 cores")
     bench.add_argument(
-        "--out", type=Path, default=DEFAULT_RESULTS, help=f"report folder (default {DEFAULT_RESULTS})"
+        "--out",
+        type=Path,
+        required=True,
+        help="report folder to write (name one: the committed reports in benchmarks/results are "
+        "only replaced if you name that folder)",
     )
 
     st = sub.add_parser("status", help="queue depths, live workers, requests/s and p95 of the last minute")

@@ -144,10 +144,17 @@ async def embed(body: EmbedRequest) -> EmbedResponse:
 
 @app.get("/healthz")
 async def healthz() -> JSONResponse:
-    """200 while Redis answers (the workers report through ``embedq status``)."""
+    """200 while Redis answers and at least one worker has a fresh heartbeat on the queue: an
+    API that cannot get an answer is not ready."""
     client: AsyncEmbeddingClient = app.state.embedq
+    keys = client.keys
     try:
-        await client.redis.ping()
+        ids = [i.decode() if isinstance(i, bytes) else i for i in await client.redis.smembers(keys.workers)]
+        live = int(await client.redis.exists(*(keys.heartbeat(i) for i in ids))) if ids else 0
     except Exception as exc:  # any failure to reach Redis makes this instance unready
         return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
-    return JSONResponse({"ok": True})
+    if not live:
+        return JSONResponse(
+            {"ok": False, "error": f"no live worker on queue {keys.queue!r}"}, status_code=503
+        )
+    return JSONResponse({"ok": True, "workers": live})

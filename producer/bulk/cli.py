@@ -168,13 +168,19 @@ def run_command(ns: argparse.Namespace) -> int:
                 f"queued on RQ queue {ns.rq_queue!r}; follow it with: embedq bulk status {job.id}",
                 file=sys.stderr,
             )
+            _note_no_rq_worker(client)
         elif ns.bulk_command == "status":
             info = rq_jobs.describe(client, ns.job_id)
             print(json.dumps(info, indent=2, default=str) if ns.json else rq_jobs.render(info))
         elif ns.bulk_command == "resume":
             job = rq_jobs.resume(client, ns.job_id)
             print(job.id)
-            print(f"resumes {ns.job_id}; follow it with: embedq bulk status {job.id}", file=sys.stderr)
+            print(
+                f"a new job {job.id} resumes {ns.job_id} from its last finished chunk (the old id stays "
+                f"failed); follow the new one: embedq bulk status {job.id}",
+                file=sys.stderr,
+            )
+            _note_no_rq_worker(client)
         return 0
     except (BulkError, BulkInputError, OutputError, LookupError, FileNotFoundError, ValueError) as exc:
         print(f"embedq bulk: {exc}", file=sys.stderr)
@@ -182,6 +188,14 @@ def run_command(ns: argparse.Namespace) -> int:
     except redis.exceptions.ConnectionError as exc:
         print(f"embedq bulk: cannot reach Redis at {ns.redis_url}: {exc}", file=sys.stderr)
         return 1
+
+
+def _note_no_rq_worker(client: redis.Redis) -> None:
+    """Say so when no RQ worker would pick a queued job up."""
+    from rq import Worker
+
+    if not Worker.all(connection=client):
+        print("note: no RQ worker is running: start one with `embedq bulk worker`", file=sys.stderr)
 
 
 def _run(ns: argparse.Namespace, client: redis.Redis) -> int:

@@ -98,6 +98,7 @@ def describe(connection: redis.Redis, job_id: str) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "ended_at": job.ended_at.isoformat() if job.ended_at else None,
         "progress": job.get_meta().get("progress"),
+        "resumed_by": job.get_meta().get("resumed_by"),
         "result": None,
         "error": None,
     }
@@ -135,6 +136,9 @@ def render(info: dict[str, Any]) -> str:
         )
     if info.get("error"):
         lines.append(f"  error: {info['error']}")
+    if info.get("resumed_by"):
+        lines.append(f"  resumed by job {info['resumed_by']}: embedq bulk status {info['resumed_by']}")
+    elif info.get("error"):
         lines.append(f"  resume it with: embedq bulk resume {info['id']}")
     return "\n".join(lines)
 
@@ -154,4 +158,6 @@ def resume(connection: redis.Redis, job_id: str, *, job_timeout: int = DEFAULT_J
         description=old.description,
         meta={"progress": Progress(phase="queued").to_json(), "resumes": old.id},
     )
+    old.meta["resumed_by"] = job.id
+    old.save_meta()
     return job

@@ -58,7 +58,7 @@ def test_embeds_through_the_worker_in_input_order(api: TestClient) -> None:
     assert body["dim"] == 16
     expected = np.stack([fake_vector("passage", t, 16) for t in texts])
     np.testing.assert_allclose(np.array(body["vectors"]), expected, rtol=1e-6)
-    assert api.get("/healthz").json() == {"ok": True}
+    assert api.get("/healthz").json() == {"ok": True, "workers": 1}
 
 
 def test_errors_map_to_statuses_a_caller_can_act_on(api: TestClient) -> None:

@@ -170,9 +170,13 @@ def test_texts_are_distinct_per_request(tmp_path: Path) -> None:
 
 
 def test_cli_parses_quick_and_lists() -> None:
-    ns = build_parser().parse_args(["bench", "--quick", "--threads", "1,2", "--policies", "adaptive"])
+    ns = build_parser().parse_args(
+        ["bench", "--quick", "--threads", "1,2", "--policies", "adaptive", "--out", "x"]
+    )
     assert ns.threads == (1, 2)
     assert ns.policies == ("adaptive",)
-    assert ns.quick is True and build_parser().parse_args(["bench"]).quick is False
+    assert ns.quick is True and build_parser().parse_args(["bench", "--out", "x"]).quick is False
+    with pytest.raises(SystemExit):  # no default folder: a quick run never overwrites committed reports
+        build_parser().parse_args(["bench", "--quick"])
     ns = build_parser().parse_args(["eval", "data.json", "--model", "a", "--model", "b", "--sample", "9"])
     assert (ns.model, ns.sample) == (["a", "b"], 9)
