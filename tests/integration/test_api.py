@@ -102,3 +102,13 @@ def test_bodies_and_texts_over_the_limits_are_refused_before_they_travel(api: Te
         "/embed", content=b'{"texts": ["\\ud800 lone"]}', headers={"content-type": "application/json"}
     )
     assert surrogate.status_code == 422 and surrogate.json()["detail"]["code"] == "invalid_input"
+
+
+def test_healthz_is_503_without_a_live_worker(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("EMBED_QUEUE", "it-api-nobody:requests")
+    with TestClient(load_app().app) as client:
+        response = client.get("/healthz")
+        assert response.status_code == 503 and "no live worker" in response.json()["error"]
