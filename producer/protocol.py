@@ -11,7 +11,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -472,3 +472,53 @@ def unpack_reply(raw: bytes) -> Reply:
         return Reply(code=str(obj.get("code")), message=str(obj.get("message")), **common)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed reply: {type(exc).__name__}: {shorten(str(exc))}") from None
+
+
+# --- heartbeats -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a live worker says about itself at ``<ns>:heartbeat:<id>`` (msgpack, with an expiry).
+
+    Written by the worker's heartbeat thread; read by ``embedq status``, ``embedq-worker health``,
+    the bulk job (which model and prefix answered it) and the API's health check. Times are the
+    Redis server's, in ms.
+    """
+
+    worker: str
+    model: str = ""
+    backend: str = "torch"
+    dim: int = 0
+    prefixes: dict[str, str] = field(default_factory=dict)
+    normalized: bool = True
+    queue: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """threads, device, max_batch, bulk_max_batch, batch_policy, batch_wait_ms, max_tokens, truncate."""
+    batches: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    last_minute: dict[str, float] = field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    started_ms: int | None = None
+    beat_ms: int | None = None
+    maxmemory_policy: str | None = None
+    redis_trouble: dict[str, Any] | None = None
+    """The Redis error the worker is waiting out (code, message, for_s, count), or None."""
+
+    def pack(self) -> bytes:
+        """The msgpack map stored at the heartbeat key."""
+        return msgpack.packb(asdict(self), use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, raw: bytes | str) -> Heartbeat:
+        """A heartbeat from its stored bytes; fields it does not know are ignored (a newer
+        worker), missing ones take their defaults (an older one). ``ValueError`` for garbage."""
+        try:
+            obj = msgpack.unpackb(raw.encode() if isinstance(raw, str) else raw, raw=False)
+        except Exception as exc:
+            raise ValueError(f"heartbeat does not decode: {shorten(str(exc))}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("worker"), str):
+            raise ValueError(f"not a heartbeat: {shorten(obj)}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})

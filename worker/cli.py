@@ -179,9 +179,8 @@ def health(settings: Settings, *, explicit_id: bool, any_worker: bool) -> int:
     code = 0
     for w in wanted:
         info = live[w]
-        trouble = info.get("redis_trouble") or info.get("beat_trouble")
-        beat = info.get("beat_ms")
-        age = f"{(now_ms - int(beat)) / 1000:.1f}s ago" if isinstance(beat, int) else "just now"
+        trouble = info.redis_trouble
+        age = f"{(now_ms - info.beat_ms) / 1000:.1f}s ago" if info.beat_ms else "just now"
         if trouble:
             code = 1
             print(
@@ -189,8 +188,8 @@ def health(settings: Settings, *, explicit_id: bool, any_worker: bool) -> int:
                 f"{trouble.get('message')}"
             )
             continue
-        print(f"healthy: {w} model={info.get('model')} batches={info.get('batches')} beat {age}")
-        warning = eviction_warning(info.get("maxmemory_policy"))
+        print(f"healthy: {w} model={info.model} ({info.backend}) batches={info.batches} beat {age}")
+        warning = eviction_warning(info.maxmemory_policy)
         if warning:
             print(f"warning: {warning}")
     return code

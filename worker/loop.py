@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from embedq.protocol import Reply, Request
+from embedq.protocol import Heartbeat, Reply, Request
 
 from .batching import Batcher, make_policy
 from .encoder import Encoder
@@ -195,29 +195,33 @@ class Worker:
             f"({source}) queue={s.queue!r}"
         )
 
-    def info(self) -> dict[str, object]:
-        """What the heartbeat tells operators about this worker."""
+    def info(self) -> Heartbeat:
+        """What the heartbeat tells operators about this worker (the presence thread adds where
+        and when)."""
         s, e = self.settings, self.encoder
-        return {
-            "model": e.name,
-            "backend": getattr(e, "backend", s.backend),
-            "dim": e.dim,
-            "max_tokens": e.max_tokens,
-            "truncate": s.truncate,
-            "device": s.device,
-            "threads": s.threads,
-            "max_batch": s.max_batch,
-            "bulk_max_batch": s.bulk_max_batch,
-            "batch_wait_ms": s.batch_wait_ms,
-            "batch_policy": s.batch_policy,
-            "queue": s.queue,
-            "prefixes": dict(e.prefixes),
-            "normalized": True,
-            "batches": self.batches,
-            "counts": dict(self.counts),
-            "last_minute": self.metrics.last_minute(),
-            "redis_trouble": self.guard.report(),
-        }
+        return Heartbeat(
+            worker=s.worker_id,
+            model=e.name,
+            backend=getattr(e, "backend", s.backend),
+            dim=e.dim,
+            prefixes=dict(e.prefixes),
+            normalized=True,
+            queue=s.queue,
+            settings={
+                "device": s.device,
+                "threads": s.threads,
+                "max_batch": s.max_batch,
+                "bulk_max_batch": s.bulk_max_batch,
+                "batch_policy": s.batch_policy,
+                "batch_wait_ms": s.batch_wait_ms,
+                "max_tokens": e.max_tokens,
+                "truncate": s.truncate,
+            },
+            batches=self.batches,
+            counts=dict(self.counts),
+            last_minute=self.metrics.last_minute(),
+            redis_trouble=self.guard.report(),
+        )
 
     def run(self) -> None:
         """Serve until stopped; waits out Redis outages and refusals with capped backoff."""
@@ -258,7 +262,14 @@ class Worker:
         except redis.exceptions.ResponseError as exc:
             self.presence.guard.failed(exc, "writing the first heartbeat")
         info = self.info()
-        self.metrics.describe({k: info[k] for k in INFO_METRIC_FIELDS})
+        flat = {
+            "model": info.model,
+            "backend": info.backend,
+            "dim": info.dim,
+            "queue": info.queue,
+            **info.settings,
+        }
+        self.metrics.describe({k: flat[k] for k in INFO_METRIC_FIELDS})
 
     def _leave(self) -> None:
         held = self.batcher.drain()

@@ -14,14 +14,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
 
-import msgpack
 import redis
 
 from embedq.clock import RedisClock
-from embedq.protocol import Keys
+from embedq.protocol import Heartbeat, Keys
 
 from .redis_errors import RedisGuard
 
@@ -69,7 +68,7 @@ class Presence:
         worker_id: str,
         *,
         ttl: float,
-        info: Callable[[], Mapping[str, Any]] = dict,
+        info: Callable[[], Heartbeat] | None = None,
         reap: Callable[[], object] | None = None,
         reap_interval: float = 1.0,
         guard: RedisGuard | None = None,
@@ -79,7 +78,7 @@ class Presence:
         self.worker_id = worker_id
         self.ttl_ms = max(1, int(ttl * 1000))
         self.interval = ttl / 4
-        self.info = info
+        self.info = info or (lambda: Heartbeat(worker=worker_id))
         self.reap = reap
         self.reap_interval = reap_interval
         self.guard = guard or RedisGuard()
@@ -94,17 +93,18 @@ class Presence:
 
     def beat(self) -> None:
         """Write the heartbeat now and register the worker."""
-        body = {
-            **self.info(),
-            "worker": self.worker_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started_ms": self.started_ms,
-            "beat_ms": self.clock.now_ms() if self.beats else None,
-            "maxmemory_policy": self.policy,
-            "beat_trouble": self.guard.report(),
-        }
-        packed = msgpack.packb(body, use_bin_type=True)
+        info = self.info()
+        body = replace(
+            info,
+            worker=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_ms=self.started_ms,
+            beat_ms=self.clock.now_ms() if self.beats else None,
+            maxmemory_policy=self.policy,
+            redis_trouble=info.redis_trouble or self.guard.report(),
+        )
+        packed = body.pack()
         sent = time.monotonic()
         now = self._script(
             keys=[self.keys.heartbeat(self.worker_id), self.keys.workers],
@@ -172,8 +172,9 @@ def _ids(client: redis.Redis, keys: Keys) -> list[str]:
     return sorted(m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.workers))
 
 
-def live_workers(client: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
-    """Every registered worker whose heartbeat is fresh, with what it reported."""
+def live_workers(client: redis.Redis, keys: Keys) -> dict[str, Heartbeat]:
+    """Every registered worker whose heartbeat is fresh, with what it reported (an unreadable
+    heartbeat still counts as live: it exists and has not expired)."""
     ids = _ids(client, keys)
     if not ids:
         return {}
@@ -183,10 +184,9 @@ def live_workers(client: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
         if value is None:
             continue
         try:
-            info = msgpack.unpackb(value, raw=False)
-        except Exception:
-            info = None
-        out[worker_id] = info if isinstance(info, dict) else {"worker": worker_id, "unreadable": True}
+            out[worker_id] = Heartbeat.unpack(value)
+        except ValueError:
+            out[worker_id] = Heartbeat(worker=worker_id, model="(unreadable heartbeat)")
     return out
 
 

@@ -31,29 +31,29 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
     try:
         policy = read_policy(client)
     except redis.exceptions.ResponseError:  # a user without INFO: ask the workers
-        policy = next((w.get("maxmemory_policy") for w in live.values()), None)
+        policy = next((w.maxmemory_policy for w in live.values()), None)
     workers = []
     for worker_id, info in live.items():
-        minute = info.get("last_minute", {})
+        s = info.settings
         workers.append(
             {
                 "id": worker_id,
-                "model": info.get("model"),
-                "backend": info.get("backend", "torch"),
-                "dim": info.get("dim"),
-                "device": info.get("device"),
-                "threads": info.get("threads"),
-                "max_batch": info.get("max_batch"),
-                "bulk_max_batch": info.get("bulk_max_batch"),
-                "batch_policy": info.get("batch_policy"),
-                "batch_wait_ms": info.get("batch_wait_ms"),
+                "model": info.model,
+                "backend": info.backend,
+                "dim": info.dim,
+                "device": s.get("device"),
+                "threads": s.get("threads"),
+                "max_batch": s.get("max_batch"),
+                "bulk_max_batch": s.get("bulk_max_batch"),
+                "batch_policy": s.get("batch_policy"),
+                "batch_wait_ms": s.get("batch_wait_ms"),
                 "holding": holding[worker_id],
-                "beat_age_s": round(now - int(info.get("beat_ms") or now * 1000) / 1000.0, 1),
-                "uptime_s": round(now - int(info.get("started_ms") or now * 1000) / 1000.0),
-                "redis_trouble": info.get("redis_trouble") or info.get("beat_trouble"),
-                "batches": info.get("batches", 0),
-                "counts": info.get("counts", {}),
-                "last_minute": minute,
+                "beat_age_s": round(now - (info.beat_ms or now * 1000) / 1000.0, 1),
+                "uptime_s": round(now - (info.started_ms or now * 1000) / 1000.0),
+                "redis_trouble": info.redis_trouble,
+                "batches": info.batches,
+                "counts": info.counts,
+                "last_minute": info.last_minute,
             }
         )
     window = max((w["last_minute"].get("window_s", 60.0) for w in workers), default=60.0)

@@ -23,12 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import redis
 
 from ..clock import RedisClock
-from ..protocol import DEFAULT_QUEUE, KINDS, Keys, Request, new_request_id, unpack_reply
+from ..protocol import DEFAULT_QUEUE, KINDS, Heartbeat, Keys, Request, new_request_id, unpack_reply
 from .output import ERRORS, IDS, MANIFEST, TRUNCATED, VECTORS, OutputDir, OutputError, VectorFile
 from .plan import Chunk, chunk_count, chunked, pack
 from .reader import BadDocument, BulkInputError, Document, DocumentReader, InputSpec
@@ -582,13 +581,16 @@ class BulkJob:
                 raw = self.redis.get(self.keys.heartbeat(worker))
             except REDIS_DOWN:
                 return  # asked again with its next reply
-            info = msgpack.unpackb(raw, raw=False) if raw else None
+            try:
+                info = Heartbeat.unpack(raw) if raw else None
+            except ValueError:
+                info = None
             self._models[worker] = (
                 _Model(
-                    name=str(info.get("model")),
-                    dim=int(info.get("dim", dim)),
-                    prefix=str((info.get("prefixes") or {}).get(self.options.kind, "")),
-                    normalized=bool(info.get("normalized", True)),
+                    name=info.model,
+                    dim=info.dim or dim,
+                    prefix=str(info.prefixes.get(self.options.kind, "")),
+                    normalized=info.normalized,
                 )
                 if info
                 else None

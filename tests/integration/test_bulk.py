@@ -22,7 +22,7 @@ import redis
 
 from embedq import EmbeddingClient
 from embedq.bulk import BulkOptions, rq_jobs, run_bulk
-from embedq.protocol import Keys
+from embedq.protocol import Heartbeat, Keys
 from embedq.worker.corpus import find_korquad, korquad_documents, write_jsonl
 from tests.integration.conftest import InProcess, cosines
 from tests.support.fake_encoder import fake_vector
@@ -105,10 +105,9 @@ def job_status_cli(url: str, job_id: str) -> dict[str, Any]:
 
 def bulk_texts(server: RedisServer, worker: WorkerProcess) -> int:
     """Bulk texts the worker has encoded, from its heartbeat."""
-    import msgpack
 
     raw = server.client().get(Keys(worker.queue).heartbeat(worker.worker_id))
-    return int(msgpack.unpackb(raw, raw=False)["counts"].get("bulk_texts", 0)) if raw else 0
+    return int(Heartbeat.unpack(raw).counts.get("bulk_texts", 0)) if raw else 0
 
 
 def ids_of(path: Path) -> list[Any]:

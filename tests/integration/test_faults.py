@@ -203,10 +203,10 @@ def test_expired_requests_are_skipped_and_counted(
 
     def expired_count() -> int:
         info = live_workers(r, keys)
-        return sum(int(w["counts"].get("expired", 0)) for w in info.values())
+        return sum(int(w.counts.get("expired", 0)) for w in info.values())
 
     def texts_count() -> int:
-        return sum(int(w["counts"].get("texts", 0)) for w in live_workers(r, keys).values())
+        return sum(int(w.counts.get("texts", 0)) for w in live_workers(r, keys).values())
 
     wait_until(lambda: live_workers(r, keys), 5, "a heartbeat")
     time.sleep(1.2)  # one more heartbeat (once a second): the counts include earlier tests' traffic

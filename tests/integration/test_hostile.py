@@ -194,7 +194,7 @@ def test_a_worker_whose_clock_is_ahead_drops_nothing(server: RedisServer, tmp_pa
             results = list(pool.map(lambda i: client.embed_query(f"요청 {i}"), range(300)))
         assert len(results) == 300
         time.sleep(1.0)  # a fresh heartbeat from each
-        counts = {w: info["counts"] for w, info in live_workers(server.client(), Keys(queue)).items()}
+        counts = {w: info.counts for w, info in live_workers(server.client(), Keys(queue)).items()}
         assert counts["ahead"].get("ok", 0) > 0, counts  # the skewed worker did serve
         clock = subprocess.run(
             [sys.executable, "-c", "import time; print(time.time())"],
@@ -235,12 +235,9 @@ def test_long_texts_are_cut_like_the_model_and_reported(
             strict_client.embed_documents([long_text])
         assert len(strict_client.embed_documents([long_text], truncate=True)) == 1
         wait_until(
-            lambda: (
-                live_workers(redis_server.client(), Keys(queue))
-                .get(worker_id(redis_server.client(), queue), {})
-                .get("counts", {})
-                .get("truncated", 0)
-                >= 1
+            lambda: any(
+                w.counts.get("truncated", 0) >= 1
+                for w in live_workers(redis_server.client(), Keys(queue)).values()
             ),
             5,
             "the truncated count in the heartbeat",
@@ -425,7 +422,7 @@ def test_under_overload_requests_that_cannot_make_their_deadline_are_not_encoded
         assert "deadline_exceeded" in outcomes, outcomes  # told why, not left to time out
         time.sleep(1.0)
         info = next(iter(live_workers(server.client(), Keys(queue)).values()))
-        counts = info["counts"]
+        counts = info.counts
         wasted = counts.get("late_texts", 0)
         assert wasted <= 0.1 * counts["texts"], counts
         assert counts.get("late", 0) + counts.get("expired", 0) > 0, counts

@@ -36,7 +36,7 @@ def test_commands_say_which_extra_they_need() -> None:
     )
     assert helped.returncode == 0 and "status" in helped.stdout, helped.stderr
     bench = run_without(
-        ["torch", "sentence_transformers"], "embedq.worker.tools", "embedq", "bench", "--quick"
+        ["torch", "sentence_transformers"], "embedq.worker.tools", "embedq", "bench", "--quick", "--out", "x"
     )
     assert bench.returncode == 2 and "pip install '.[torch]'" in bench.stderr, bench.stderr
     worker = run_without(["prometheus_client"], "embedq.worker", "embedq-worker")

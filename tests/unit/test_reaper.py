@@ -6,7 +6,7 @@ import fakeredis
 import msgpack
 import pytest
 
-from embedq.protocol import Keys, Request, unpack_reply
+from embedq.protocol import Heartbeat, Keys, Request, unpack_reply
 from embedq.worker.presence import Presence, dead_workers, live_workers
 from embedq.worker.reaper import Reaper
 from tests.support.requests import make_request
@@ -49,7 +49,7 @@ def test_dead_workers_requests_go_back_to_the_front_in_order(r: fakeredis.FakeRe
 def test_live_workers_are_left_alone(r: fakeredis.FakeRedis) -> None:
     a = request("a")
     holding(r, "alive", a)
-    Presence(r, KEYS, "alive", ttl=5, info=lambda: {"model": "m"}).beat()
+    Presence(r, KEYS, "alive", ttl=5, info=lambda: Heartbeat(worker="alive", model="m")).beat()
     assert reaper(r).reap_once().workers == []
     assert r.llen(KEYS.processing("alive")) == 1
     assert list(live_workers(r, KEYS)) == ["alive"]
