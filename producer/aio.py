@@ -46,7 +46,11 @@ class AsyncEmbeddingClient(ClientBase):
         self, texts: Sequence[str], kind: str = "query", *, truncate: bool | None = None
     ) -> np.ndarray:
         """Vectors for ``texts`` as a float32 matrix (one unit-length row per text, input order)."""
-        call = self.call(texts, kind, truncate=truncate)
+        return await self.embed_call(self.call(texts, kind, truncate=truncate))
+
+    async def embed_call(self, call: Call) -> np.ndarray:
+        """Send ``call`` a window at a time and wait for all of it (``call`` keeps the replies:
+        token counts, truncated texts, timings)."""
         if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
         await self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)

@@ -216,6 +216,11 @@ class Call:
         self.progress_at = time.monotonic()
 
     @property
+    def tokens(self) -> int:
+        """Tokens the worker encoded for the whole call (after any cut): 0 if the model reports none."""
+        return sum(sum(r.tokens) for r in self.replies if r is not None)
+
+    @property
     def truncated(self) -> list[int]:
         """Indexes (into the call's texts) of the texts the worker cut to the model's window."""
         out: list[int] = []

@@ -412,6 +412,8 @@ class Reply:
     worker: str = ""
     truncated: tuple[int, ...] = ()
     digest: str = ""
+    tokens: tuple[int, ...] = ()
+    """Tokens each text was encoded with (after any cut), when the model has a tokenizer."""
 
     @property
     def ok(self) -> bool:
@@ -435,6 +437,7 @@ class Reply:
             body["vectors"] = matrix.tobytes()
             body["truncated"] = list(self.truncated)
             body["digest"] = self.digest
+            body["tokens"] = list(self.tokens)
         else:
             body["code"] = self.code
             body["message"] = self.message
@@ -467,6 +470,7 @@ def unpack_reply(raw: bytes) -> Reply:
                 vectors=vectors.reshape(count, dim),
                 truncated=truncated,
                 digest=str(obj.get("digest", "")),
+                tokens=tuple(int(n) for n in obj.get("tokens", ())),
                 **common,
             )
         return Reply(code=str(obj.get("code")), message=str(obj.get("message")), **common)

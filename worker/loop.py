@@ -346,8 +346,8 @@ class Worker:
             else:
                 live.append(item)
         live = self._drop_late(live, lane, out)
-        live, truncated = self._check_windows(live, out)
-        encode_ms = self._encode_and_reply(live, name, out, truncated) if live else 0.0
+        live, truncated, tokens = self._check_windows(live, out)
+        encode_ms = self._encode_and_reply(live, name, out, truncated, tokens) if live else 0.0
         started = time.perf_counter()
         undeliverable = set(lane.finish(batch, out.replies, out.dead, out.retry))
         now_ms = lane.now_ms()
@@ -422,14 +422,15 @@ class Worker:
 
     def _check_windows(
         self, live: list[Taken], out: Outcomes
-    ) -> tuple[list[Taken], dict[str, tuple[int, ...]]]:
+    ) -> tuple[list[Taken], dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
         """Count tokens: the requests to encode, and per request id the indexes of its texts the
         model will cut. A request with a text over the model's window is refused if it asked not
         to be cut (``truncate: false``, or the worker's ``EMBED_TRUNCATE=false``)."""
         window = self.encoder.max_tokens
         cut_map: dict[str, tuple[int, ...]] = {}
+        token_map: dict[str, tuple[int, ...]] = {}
         if not window or not live:
-            return live, cut_map
+            return live, cut_map, token_map
         texts, kinds = self._flatten(live)
         counts = self.encoder.token_counts(texts, kinds)
         keep: list[Taken] = []
@@ -456,8 +457,9 @@ class Worker:
             if over:
                 cut_map[request.id] = over
                 self.metrics.truncated(len(over))
+            token_map[request.id] = tuple(min(n, window) for n in mine)
             keep.append(item)
-        return keep, cut_map
+        return keep, cut_map, token_map
 
     @staticmethod
     def _flatten(live: Sequence[Taken]) -> tuple[list[str], list[str]]:
@@ -470,7 +472,12 @@ class Worker:
         return texts, kinds
 
     def _encode_and_reply(
-        self, live: Sequence[Taken], lane: str, out: Outcomes, truncated: dict[str, tuple[int, ...]]
+        self,
+        live: Sequence[Taken],
+        lane: str,
+        out: Outcomes,
+        truncated: dict[str, tuple[int, ...]],
+        tokens: dict[str, tuple[int, ...]],
     ) -> float:
         """Encode the texts of ``live`` in one call and add their replies to ``out``; requests
         whose text failed go to ``out.retry`` or, out of attempts, get an error. Returns the
@@ -507,6 +514,7 @@ class Worker:
                 batch_size=len(texts),
                 worker=self.settings.worker_id,
                 truncated=truncated.get(request.id, ()),
+                tokens=tokens.get(request.id, ()),
                 digest=request.digest,
             )
             out.reply(reply, "ok", request.deadline_ms)

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "only replaced if you name that folder)",
     )
 
+    serve = sub.add_parser("serve", help="the OpenAI-compatible HTTP front door (needs embedq[api])")
+    serve.add_argument("--host", default=os.environ.get("EMBED_API_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("EMBED_API_PORT", "8000")))
+    serve.add_argument("--redis-url", help="env REDIS_URL")
+    serve.add_argument("--queue", help="env EMBED_QUEUE")
+    serve.add_argument("--timeout", type=float, help="env EMBED_TIMEOUT (default 5)")
+    serve.add_argument("--kind", choices=("query", "passage"), help="env EMBED_API_KIND (default query)")
+
     st = sub.add_parser("status", help="queue depths, live workers, requests/s and p95 of the last minute")
     st.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
     st.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", "embed:requests"))
@@ -234,6 +242,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_bench(ns)
     if ns.command == "status":
         return cmd_status(ns)
+    if ns.command == "serve":
+        try:
+            require("api", "fastapi", "uvicorn", what="embedq serve")
+        except MissingExtra as exc:
+            print(f"embedq: {exc}", file=sys.stderr)
+            return 2
+        import uvicorn
+
+        from embedq.api import ApiSettings, create_app
+
+        settings = ApiSettings.from_env(
+            redis_url=ns.redis_url, queue=ns.queue, timeout=ns.timeout, kind=ns.kind
+        )
+        uvicorn.run(create_app(settings), host=ns.host, port=ns.port, log_level="info")
+        return 0
     if ns.command == "acl":
         from embedq.acl import AclRules
 
