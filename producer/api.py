@@ -37,6 +37,9 @@ from .errors import (
 )
 from .protocol import DEFAULT_QUEUE, KINDS, Heartbeat
 
+MODELS_TTL_S = 1.0
+"""How long the list of served models (from the workers' heartbeats) is reused."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ApiSettings:
@@ -237,6 +240,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             out.setdefault(beat.model, beat)
         return out
 
+    cached: dict[str, Any] = {"at": -1.0, "models": {}}
+
+    async def served_models(client: AsyncEmbeddingClient) -> dict[str, Heartbeat]:
+        """``live_models``, read at most once per MODELS_TTL_S: not two Redis round trips a request."""
+        now = time.monotonic()
+        if now - cached["at"] > MODELS_TTL_S or not cached["models"]:
+            cached["models"] = await live_models(client)
+            cached["at"] = now
+        models: dict[str, Heartbeat] = cached["models"]
+        return models
+
     async def embed(texts: list[str], kind: str, truncate: bool | None) -> tuple[np.ndarray, int]:
         if len(texts) > settings.max_inputs:
             raise ApiError(
@@ -277,7 +291,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
         client: AsyncEmbeddingClient = app.state.embedq
         try:
-            models = await live_models(client)
+            models = await served_models(client)
         except Exception as exc:
             raise ApiError(
                 503, f"cannot reach Redis: {exc}", kind="service_unavailable", code="redis_unavailable"
