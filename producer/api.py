@@ -287,15 +287,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             raise error from exc
         return vectors, call.tokens
 
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
+    async def models_or_503(cached_ok: bool) -> dict[str, Heartbeat]:
+        """The served models (cached for a moment if ``cached_ok``); 503 when Redis is unreachable."""
         client: AsyncEmbeddingClient = app.state.embedq
         try:
-            models = await served_models(client)
+            return await (served_models(client) if cached_ok else live_models(client))
         except Exception as exc:
             raise ApiError(
                 503, f"cannot reach Redis: {exc}", kind="service_unavailable", code="redis_unavailable"
             ) from exc
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
+        models = await models_or_503(cached_ok=True)
         if body.model not in models:
             served = ", ".join(sorted(models)) or "none: no worker is live"
             raise ApiError(
@@ -331,13 +335,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        client: AsyncEmbeddingClient = app.state.embedq
-        try:
-            models = await live_models(client)
-        except Exception as exc:
-            raise ApiError(
-                503, f"cannot reach Redis: {exc}", kind="service_unavailable", code="redis_unavailable"
-            ) from exc
+        models = await models_or_503(cached_ok=False)
         return {
             "object": "list",
             "data": [

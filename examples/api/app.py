@@ -20,7 +20,6 @@ from typing import Literal
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedq import (
     AsyncEmbeddingClient,
@@ -30,6 +29,7 @@ from embedq import (
     InvalidInput,
     QueueFull,
 )
+from embedq.api import BodyLimit  # 413 over the limit, checked before the body is buffered
 
 MAX_TEXTS = 64
 """Most texts one HTTP call may embed (split into worker-sized requests by the client)."""
@@ -38,47 +38,6 @@ MAX_TEXT_CHARS = int(os.environ.get("EMBED_MAX_TEXT_CHARS", "8192"))
 MAX_BODY_BYTES = int(os.environ.get("EMBED_API_MAX_BODY_BYTES", str(MAX_TEXTS * MAX_TEXT_CHARS * 6 + 4096)))
 """Largest request body read (413 beyond): enough for MAX_TEXTS texts of MAX_TEXT_CHARS characters
 as JSON-escaped UTF-8."""
-
-
-class BodyLimit:
-    """Refuses a request body over ``limit`` bytes with 413, by its Content-Length or, for a
-    chunked body, as soon as the bytes read pass the limit: nothing larger is buffered. The body
-    is read here, then handed to the app."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._refuse(send)
-            return
-        messages: list[Message] = []
-        seen = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                await self._refuse(send)
-                return
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
 
 
 class EmbedRequest(BaseModel):

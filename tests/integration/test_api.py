@@ -86,7 +86,7 @@ def test_bodies_and_texts_over_the_limits_are_refused_before_they_travel(api: Te
     module = sys.modules["embedq_example_api"]
     huge = {"texts": ["x" * 1000] * 8, "pad": "y" * module.MAX_BODY_BYTES}
     response = api.post("/embed", json=huge)
-    assert response.status_code == 413 and "request body over" in response.json()["detail"]
+    assert response.status_code == 413 and "request body over" in response.json()["error"]["message"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: cut off while being read
         yield b'{"texts": ["'
