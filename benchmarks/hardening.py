@@ -115,7 +115,8 @@ def memory(sizes_mb: list[int]) -> dict[str, object]:
 
 DRIVER = r"""
 import json, sys, threading, time
-from producer import EmbeddingClient  # the tree's own client: in this tree, the package embedq
+import importlib
+EmbeddingClient = importlib.import_module(sys.argv[6]).EmbeddingClient  # the tree's own client
 url, queue = sys.argv[1], sys.argv[2]
 producers, timeout, seconds = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 client = EmbeddingClient.from_url(url, queue=queue, timeout=timeout, max_queue=None)
@@ -160,7 +161,8 @@ def overload(tree: Path, producers: int, timeout: float, seconds: float) -> dict
                 raise RuntimeError((tree / ".overload-worker.log").read_text())
             time.sleep(0.1)
         out = subprocess.run(
-            [sys.executable, "-c", DRIVER, server.url, queue, str(producers), str(timeout), str(seconds)],
+            [sys.executable, "-c", DRIVER, server.url, queue, str(producers), str(timeout), str(seconds),
+             "embedq" if module == "embedq.worker" else "producer"],
             cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True,
         )  # fmt: skip
         counts = json.loads(out.stdout.strip().splitlines()[-1])

@@ -11,4 +11,4 @@ for f in "$root"/producer/*.py; do ln -s "$f" "$tree/embedq/"; done
 ln -s "$root/producer/bulk" "$tree/embedq/bulk"
 ln -s "$root/worker" "$tree/embedq/worker"
 cd "$tree"
-exec "$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" embedq
+exec "$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" --cache-dir "$root/.mypy_cache" embedq
