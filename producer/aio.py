@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,10 +20,7 @@ class AsyncEmbeddingClient(ClientBase):
         """Push the unsent requests of ``calls`` (at most ``limit`` of each) onto the queue, in
         order; ``QueueFull`` if the queue already holds ``max_queue`` requests."""
         with redis_errors(self._where):
-            if self.clock.stale():
-                sent = time.monotonic()
-                reply = await self.redis.time()
-                self.clock.update(reply, sent, time.monotonic())
+            await self.clock.sync_async(self.redis)
             for args in self._enqueue_args(calls, limit):
                 pushed = await self._enqueue(keys=self._enqueue_keys, args=args)
                 check_pushed(int(pushed), self.keys.queue, self.max_queue)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,10 +34,7 @@ class EmbeddingClient(ClientBase):
         """Push the unsent requests of ``calls`` (at most ``limit`` of each) onto the queue, in
         order; ``QueueFull`` if the queue already holds ``max_queue`` requests."""
         with redis_errors(self._where):
-            if self.clock.stale():
-                sent = time.monotonic()
-                reply = self.redis.time()
-                self.clock.update(reply, sent, time.monotonic())
+            self.clock.sync(self.redis)
             for args in self._enqueue_args(calls, limit):
                 pushed = self._enqueue(keys=self._enqueue_keys, args=args)
                 check_pushed(int(pushed), self.keys.queue, self.max_queue)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 REFRESH_S = 30.0
 """How often the offset to the Redis clock is measured again (drift between asks is tiny)."""
@@ -39,6 +40,20 @@ class RedisClock:
         middle = (sent + received) / 2
         self._offset_ms = time_reply_ms(reply) - middle * 1000.0
         self._synced = received
+
+    def sync(self, client: Any) -> None:
+        """Ask a redis-py client for ``TIME`` if the estimate is stale."""
+        if self.stale():
+            sent = time.monotonic()
+            reply = client.time()
+            self.update(reply, sent, time.monotonic())
+
+    async def sync_async(self, client: Any) -> None:
+        """``sync`` for an asyncio redis-py client."""
+        if self.stale():
+            sent = time.monotonic()
+            reply = await client.time()
+            self.update(reply, sent, time.monotonic())
 
     def now_ms(self) -> int:
         """The Redis server's time now, in ms."""

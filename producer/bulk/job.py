@@ -480,10 +480,8 @@ class BulkJob:
     def _send(self, todo: deque[list[int]], pending: dict[str, _Pending], texts: list[str]) -> None:
         """Queue requests until ``inflight`` are out, in one round trip."""
         payloads = []
-        if todo and len(pending) < self.options.inflight and self.clock.stale():
-            sent = time.monotonic()
-            reply = self.redis.time()
-            self.clock.update(reply, sent, time.monotonic())
+        if todo and len(pending) < self.options.inflight:
+            self.clock.sync(self.redis)
         now = self.clock.now_ms()
         while todo and len(pending) < self.options.inflight:
             positions = todo.popleft()

@@ -34,7 +34,9 @@ def _embeddings_params(
     }
 
 
-class TestEmbedqEmbeddingsStandard(standard.EmbeddingsIntegrationTests):  # type: ignore[misc,name-defined]
+class EmbedqParams:
+    """What both suites need to build ``EmbedqEmbeddings`` (``params`` set by the fixture above)."""
+
     params: ClassVar[dict[str, object]] = {}
 
     @property
@@ -46,13 +48,9 @@ class TestEmbedqEmbeddingsStandard(standard.EmbeddingsIntegrationTests):  # type
         return self.params
 
 
-class TestEmbedqEmbeddingsUnit(unit.EmbeddingsUnitTests):  # type: ignore[misc,name-defined]
-    params: ClassVar[dict[str, object]] = {}
+class TestEmbedqEmbeddingsStandard(EmbedqParams, standard.EmbeddingsIntegrationTests):  # type: ignore[misc,name-defined]
+    pass
 
-    @property
-    def embeddings_class(self) -> type[EmbedqEmbeddings]:
-        return EmbedqEmbeddings
 
-    @property
-    def embedding_model_params(self) -> dict[str, object]:
-        return self.params
+class TestEmbedqEmbeddingsUnit(EmbedqParams, unit.EmbeddingsUnitTests):  # type: ignore[misc,name-defined]
+    pass
