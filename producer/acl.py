@@ -3,7 +3,8 @@ each other: ``embedq acl --role worker|producer|bulk`` prints them.
 
 Redis 7 selectors (the parenthesised groups) grant a command on some keys only: a producer may
 push requests and pop its own replies, but cannot read the request list (other users'
-questions), push a reply (forge an answer), or touch a worker's keys. Commands a Lua script
+questions), push a reply (forge an answer), write the query cache (poison a vector), or touch
+a worker's keys. Commands a Lua script
 calls are checked against the same rules, so the enqueue script grants nothing more.
 """
 
@@ -23,7 +24,7 @@ may be refused: redis-py carries on without it)."""
 
 WORKER_COMMANDS = (
     "+evalsha +eval +blpop +lmove +lpush +rpush +lrange +ltrim +lrem +lindex +llen "
-    "+expire +pexpire +pttl +incr +del +set +get +mget +exists +sadd +srem +smembers +info"
+    "+expire +pexpire +pttl +incr +del +set +get +mget +exists +sadd +srem +smembers +hgetall +info"
 )
 """A worker's commands, on its namespace's keys only (the Lua scripts' commands included)."""
 
@@ -48,6 +49,7 @@ class AclRules:
         replies = f"(+blpop +lpop +del +unlink %RW~{ns}:reply:*)"
         watch = f"(+smembers +mget +get +exists %R~{keys.workers} %R~{ns}:heartbeat:*)"
         wake = f"(+ltrim %RW~{keys.wake})"
+        cache = [f"(+mget %R~{ns}:cache:*)", f"(+hincrby %RW~{keys.cache_stats})"]
         if self.role == "worker":
             return [*base, f"~{ns}:*", *WORKER_COMMANDS.split()]
         if self.role == "producer":
@@ -59,6 +61,7 @@ class AclRules:
                 wake,
                 replies,
                 watch,
+                *cache,
             ]
         rq = self.rq_prefix
         return [
@@ -75,6 +78,7 @@ class AclRules:
             wake,
             replies,
             watch,
+            *cache,
         ]
 
     def command(self, user: str, password: str) -> str:

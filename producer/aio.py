@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,7 +50,10 @@ class AsyncEmbeddingClient(ClientBase):
         token counts, truncated texts, timings)."""
         if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
-        await self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
+        if self.cache is not None:
+            call.use_cached(await self.cache.alookup(call.kind, call.texts, self.redis))
+        if call.unsent:
+            await self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
         return await self.wait(call)
 
     async def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:
@@ -67,7 +71,11 @@ class AsyncEmbeddingClient(ClientBase):
         return (await self.embed(texts, "passage", truncate=truncate)).tolist()
 
     async def aclose(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pools (the query cache's stats are flushed first)."""
+        if self.cache is not None:
+            with contextlib.suppress(Exception):
+                await self.cache.aflush()
+            await self.cache.redis.aclose()
         await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncEmbeddingClient:

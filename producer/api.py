@@ -54,6 +54,8 @@ class ApiSettings:
     max_text_chars: int = 8192
     max_body_bytes: int = 0
     """0: enough for ``max_inputs`` texts of ``max_text_chars`` characters as JSON."""
+    cache_url: str | None = None
+    """The query cache's Redis (the workers' ``EMBED_CACHE_URL``): repeats answered from it."""
 
     @property
     def body_cap(self) -> int:
@@ -70,6 +72,7 @@ class ApiSettings:
             "max_inputs": int(env.get("EMBED_API_MAX_INPUTS", cls.max_inputs)),
             "max_text_chars": int(env.get("EMBED_MAX_TEXT_CHARS", cls.max_text_chars)),
             "max_body_bytes": int(env.get("EMBED_API_MAX_BODY_BYTES", cls.max_body_bytes)),
+            "cache_url": env.get("EMBED_CACHE_URL") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["kind"] not in KINDS:
@@ -190,7 +193,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = AsyncEmbeddingClient.from_url(
-            settings.redis_url, queue=settings.queue, timeout=settings.timeout
+            settings.redis_url, queue=settings.queue, timeout=settings.timeout, cache_url=settings.cache_url
         )
         app.state.embedq = client
         try:
@@ -367,6 +370,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        text = metrics.render()
+        cache = app.state.embedq.cache
+        if cache is not None:
+            stats = cache.stats()
+            text += (
+                "# TYPE embedq_api_cache_lookups_total counter\n"
+                f'embedq_api_cache_lookups_total{{result="hit"}} {stats["hits"]}\n'
+                f'embedq_api_cache_lookups_total{{result="miss"}} {stats["misses"]}\n'
+                "# TYPE embedq_api_cache_hit_ratio gauge\n"
+                f"embedq_api_cache_hit_ratio {stats['hit_ratio']}\n"
+            )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return app

@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError
 from redis.retry import Retry
 
+from .cache import DEFAULT_KINDS, CacheLookup
 from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
 from .clock import RedisClock
 from .protocol import DEFAULT_QUEUE, Keys
@@ -22,10 +23,13 @@ SOCKET_GRACE = 1.0
 """Socket timeout beyond the call timeout: a blocking pop ends by itself first (Redis answers
 within ~0.1 s of its timeout); a silently dropped connection ends by the socket soon after."""
 
+CACHE_SOCKET_TIMEOUT = 0.5
+"""A cache lookup that takes longer than this gives up and goes through the queue."""
+
 MAX_CONNECTIONS = 1000
 """Connections one client may open (one per call in flight)."""
 
-CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue")
+CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue", "cache_url", "cache_kinds")
 """The options of every producer client, besides the Redis connection's."""
 
 
@@ -89,6 +93,8 @@ class ClientBase:
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int | None = DEFAULT_MAX_QUEUE,
+        cache: Any = None,
+        cache_kinds: Sequence[str] = DEFAULT_KINDS,
     ) -> None:
         if isinstance(client, str):
             raise TypeError(
@@ -109,6 +115,8 @@ class ClientBase:
         self.clock = RedisClock()
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self._where = describe(client.connection_pool.connection_kwargs)
+        self.cache = None if cache is None else CacheLookup(cache, self.keys, kinds=cache_kinds)
+        """The query cache's reader (``cache_url``), or None: every text goes through the queue."""
 
     @classmethod
     def from_url(
@@ -119,17 +127,25 @@ class ClientBase:
         timeout: float = DEFAULT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int | None = DEFAULT_MAX_QUEUE,
+        cache_url: str | None = None,
+        cache_kinds: Sequence[str] = DEFAULT_KINDS,
         **redis_options: Any,
     ) -> Any:
-        """A client on its own connection pool; ``redis_options`` override the socket settings."""
+        """A client on its own connection pool; ``redis_options`` override the socket settings.
+        ``cache_url``: the query cache's Redis (the workers' ``EMBED_CACHE_URL``), or None."""
         check_redis_options(f"{cls.__name__}.from_url", redis_options)
         options = {**connection_options(check_timeout(timeout)), **redis_options}
+        cache = None
+        if cache_url:
+            cache = cls.redis_class.from_url(cache_url, **{**options, "socket_timeout": CACHE_SOCKET_TIMEOUT})
         return cls(
             cls.redis_class.from_url(url, **options),
             queue=queue,
             timeout=timeout,
             max_batch=max_batch,
             max_queue=max_queue,
+            cache=cache,
+            cache_kinds=cache_kinds,
         )
 
     def call(self, texts: Sequence[str], kind: str = "query", *, truncate: bool | None = None) -> Call:

@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 import redis.exceptions
 
+from .cache import Hits
 from .errors import (
     EmbeddingConnectionError,
     EmbeddingError,
@@ -118,13 +119,35 @@ class Call:
         """When the call last made progress (sent, or got a reply): its timeout counts from here."""
         self.sent = 0
         """Requests pushed so far (they go in order)."""
+        self.cached = Hits()
+        """Texts the query cache answered (by index into ``texts``): they are never sent."""
+        self.todo = list(range(len(self.texts)))
+        """Indexes of the texts that go through the queue, in order."""
+        self._plan()
+
+    def _plan(self) -> None:
         self.requests = build_requests(
-            self.texts, kind, max_batch=max_batch, timeout=self.timeout, now_ms=0, truncate=truncate
+            [self.texts[i] for i in self.todo],
+            self.kind,
+            max_batch=self.max_batch,
+            timeout=self.timeout,
+            now_ms=0,
+            truncate=self.truncate,
         )
         """The requests, not yet stamped: ``payloads`` stamps them on the Redis clock."""
-        self._slot = {keys.reply(r.id): i for i, r in enumerate(self.requests)}
+        self._slot = {self.keys.reply(r.id): i for i, r in enumerate(self.requests)}
         self.replies: list[Reply | None] = [None] * len(self.requests)
         """Each request's reply once answered: timings, batch size and worker, for monitoring."""
+
+    def use_cached(self, hits: Hits) -> None:
+        """Take the query cache's answers before anything is sent: only the rest becomes requests."""
+        if self.sent:
+            raise RuntimeError("use_cached after sending")
+        if not len(hits):
+            return
+        self.cached = hits
+        self.todo = [i for i in range(len(self.texts)) if i not in hits.vectors]
+        self._plan()
 
     def payloads(self, now_ms: int, limit: int | None = None) -> list[bytes]:
         """The next requests not yet sent (all, or at most ``limit``), packed in input order for
@@ -217,8 +240,10 @@ class Call:
 
     @property
     def tokens(self) -> int:
-        """Tokens the worker encoded for the whole call (after any cut): 0 if the model reports none."""
-        return sum(sum(r.tokens) for r in self.replies if r is not None)
+        """Tokens the worker encoded for the whole call (after any cut; cached texts count what
+        they took when encoded): 0 if the model reports none."""
+        sent = sum(sum(r.tokens) for r in self.replies if r is not None)
+        return sent + sum(self.cached.tokens.values())
 
     @property
     def truncated(self) -> list[int]:
@@ -226,15 +251,26 @@ class Call:
         out: list[int] = []
         for i, reply in enumerate(self.replies):
             if reply is not None:
-                out.extend(i * self.max_batch + t for t in reply.truncated)
+                out.extend(self.todo[i * self.max_batch + t] for t in reply.truncated)
         return out
 
     def result(self) -> np.ndarray:
         """All vectors as one float32 matrix, rows in input order."""
         parts = [r.vectors for r in self.replies if r is not None and r.vectors is not None]
-        if not parts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.vstack(parts)
+        if not len(self.cached):
+            return np.vstack(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        dim = len(next(iter(self.cached.vectors.values())))
+        out = np.empty((len(self.texts), dim), dtype=np.float32)
+        for i, vector in self.cached.vectors.items():
+            out[i] = vector
+        if parts:
+            sent = np.vstack(parts)
+            if sent.shape[1] != dim:
+                raise EmbeddingError(
+                    "bad_reply", f"workers answered {sent.shape[1]} dims, the cache {dim}: a model change"
+                )
+            out[self.todo] = sent
+        return out
 
 
 def describe(connection_kwargs: dict[str, object]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,7 +62,10 @@ class EmbeddingClient(ClientBase):
         token counts, truncated texts, timings)."""
         if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
-        self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
+        if self.cache is not None:
+            call.use_cached(self.cache.lookup(call.kind, call.texts, self.redis))
+        if call.unsent:
+            self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
         return self.wait(call)
 
     def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:
@@ -77,7 +81,11 @@ class EmbeddingClient(ClientBase):
         return self.embed(texts, "passage", truncate=truncate).tolist()
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pools (the query cache's stats are flushed first)."""
+        if self.cache is not None:
+            with contextlib.suppress(Exception):
+                self.cache.flush()
+            self.cache.redis.close()
         self.redis.close()
 
     def __enter__(self) -> EmbeddingClient:

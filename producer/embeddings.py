@@ -11,6 +11,7 @@ from typing import Any
 
 from .aio import AsyncEmbeddingClient
 from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, check_redis_options
+from .cache import DEFAULT_KINDS
 from .client import EmbeddingClient
 from .protocol import DEFAULT_QUEUE
 
@@ -25,7 +26,9 @@ except ImportError:  # langchain-core is optional
 class EmbedqEmbeddings(_Base):
     """``embed_query`` / ``embed_documents`` (and their async twins) through embedq workers.
 
-    The worker adds the model's query/passage prefixes; callers pass plain texts.
+    The worker adds the model's query/passage prefixes; callers pass plain texts. ``cache_url``:
+    the query cache's Redis (the workers' ``EMBED_CACHE_URL``): repeated questions are answered
+    from it in one round trip.
     """
 
     def __init__(
@@ -38,6 +41,8 @@ class EmbedqEmbeddings(_Base):
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int | None = DEFAULT_MAX_QUEUE,
         truncate: bool | None = None,
+        cache_url: str | None = None,
+        cache_kinds: Sequence[str] = DEFAULT_KINDS,
         **redis_options: Any,
     ) -> None:
         if url is not None and redis_url is not None and url != redis_url:
@@ -53,6 +58,8 @@ class EmbedqEmbeddings(_Base):
             "timeout": timeout,
             "max_batch": max_batch,
             "max_queue": max_queue,
+            "cache_url": cache_url,
+            "cache_kinds": tuple(cache_kinds),
             **redis_options,
         }
         self.url = url

@@ -125,6 +125,17 @@ class Keys:
         """Lock held while one reaper returns a dead worker's requests to the queue."""
         return f"{self.namespace}:reaping:{worker_id}"
 
+    def cache_entry(self, fingerprint: str, kind: str, text: str) -> str:
+        """Where the query cache keeps one text's vector: under the model's fingerprint (a new
+        model, export or prefix never meets old vectors) and a hash of the text (never the text)."""
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return f"{self.namespace}:cache:{fingerprint}:{kind}:{digest}"
+
+    @property
+    def cache_stats(self) -> str:
+        """Hash of the query cache's ``hits`` and ``misses`` (counted by the producers' lookups)."""
+        return f"{self.namespace}:cache:stats"
+
 
 def new_request_id() -> str:
     """A fresh request id (uuid4, 32 lowercase hex digits)."""
@@ -507,6 +518,11 @@ class Heartbeat:
     started_ms: int | None = None
     beat_ms: int | None = None
     maxmemory_policy: str | None = None
+    fingerprint: str = ""
+    """What identifies this worker's vectors (model, weights or export, backend, prefixes, window):
+    producers use the query cache only while every live worker reports the same one."""
+    cache: dict[str, Any] | None = None
+    """The query cache as this worker sees it (kinds, ttl_s, writes, hits, misses), or None when off."""
     redis_trouble: dict[str, Any] | None = None
     """The Redis error the worker is waiting out (code, message, for_s, count), or None."""
 
@@ -526,3 +542,38 @@ class Heartbeat:
             raise ValueError(f"not a heartbeat: {shorten(obj)}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+# --- query cache ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached vector (msgpack ``{"v": float32 bytes, "t": tokens}``), written by workers into
+    the cache Redis (``EMBED_CACHE_URL``) and read by producers, which answer it without the queue."""
+
+    vector: np.ndarray
+    tokens: int = 0
+
+    def pack(self) -> bytes:
+        """The stored bytes."""
+        data = np.ascontiguousarray(self.vector, dtype=DTYPE).tobytes()
+        return msgpack.packb({"v": data, "t": int(self.tokens)}, use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, raw: bytes, dim: int) -> CacheEntry:
+        """An entry from its stored bytes; ``ValueError`` unless it holds one ``dim``-float vector
+        (a cache must never answer with something else)."""
+        try:
+            obj = msgpack.unpackb(raw, raw=False)
+        except Exception as exc:
+            raise ValueError(f"cache entry does not decode: {shorten(str(exc))}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("v"), bytes) or not _is_int(obj.get("t", 0)):
+            raise ValueError(f"not a cache entry: {shorten(obj)}")
+        data: bytes = obj["v"]
+        if dim <= 0 or len(data) != dim * DTYPE.itemsize:
+            raise ValueError(f"cache entry holds {len(data)} bytes, not {dim} float32 values")
+        vector = np.frombuffer(data, dtype=DTYPE).astype(np.float32)
+        if not np.isfinite(vector).all():
+            raise ValueError("cache entry holds non-finite values")
+        return cls(vector, int(obj.get("t", 0)))

@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a dynamically quantized int8 graph and serve that: faster, but its vectors "
         "differ from the model's (re-embed your store)",
     )
+    export.add_argument(
+        "--exporter",
+        choices=("torchscript", "dynamo"),
+        default="torchscript",
+        help="torch.onnx.export path (default torchscript: the faster graph on ONNX Runtime)",
+    )
     for f in fields(Settings):
         shown = {None: "auto", MISSING: "hostname-pid"}.get(f.default, f.default)
         flag = "--" + f.name.replace("_", "-")
@@ -111,15 +117,18 @@ def connect(settings: Settings, *, socket_timeout: float) -> redis.Redis:
 
 def run(settings: Settings) -> int:
     """Load the encoder, connect, warm up and serve until SIGTERM/SIGINT; returns the exit code."""
-    from .encoder import build_encoder
+    from .cache import CacheWriter
+    from .encoder import build_encoder, fingerprint_of
     from .loop import IDLE_BLOCK_S, Worker
 
     encoder = build_encoder(settings)
+    client = connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0)
     worker = Worker(
         settings,
         encoder,
-        connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0),
+        client,
         beat_client=connect(settings, socket_timeout=max(1.0, settings.heartbeat_ttl)),
+        cache=CacheWriter.from_settings(settings, fingerprint_of(encoder), client),
     )
     worker.warm_up()
     if settings.metrics_port:
@@ -214,7 +223,7 @@ def reap(settings: Settings) -> int:
     return 0
 
 
-def export(model: str, out: str, quantize: str | None) -> int:
+def export(model: str, out: str, quantize: str | None, exporter: str = "torchscript") -> int:
     """``embedq-worker export``: the export and its fidelity check, or a clear error."""
     try:
         require("export", "torch", "sentence_transformers", "onnx", "onnxscript", what="embedq-worker export")
@@ -226,7 +235,7 @@ def export(model: str, out: str, quantize: str | None) -> int:
     from .onnx_encoder import ExportError
 
     try:
-        manifest = run_export(model, out, quantize=quantize)
+        manifest = run_export(model, out, quantize=quantize, exporter=exporter)
     except (ExportError, ModelConfigError) as exc:
         print(f"embedq-worker export: {exc}", file=sys.stderr)
         return 1
@@ -248,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = ns.command
     if command == "export":
         configure_logging("INFO")
-        return export(ns.model, ns.out, ns.quantize)
+        return export(ns.model, ns.out, ns.quantize, ns.exporter)
     any_worker = bool(getattr(ns, "any", False))
     overrides = {k: v for k, v in vars(ns).items() if k not in ("command", "any")}
     try:
@@ -267,7 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtra as exc:
         print(f"embedq-worker: {exc}", file=sys.stderr)
         return 2
-    return run(settings)
+    try:
+        return run(settings)
+    except SettingsError as exc:  # found at start: a cache Redis that may only grow
+        log.error("%s", exc)
+        return 2
 
 
 def check_extras(settings: Settings) -> None:

@@ -8,13 +8,15 @@ E5 convention ``query: ``/``passage: `` for E5-family models, else none.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -145,6 +147,17 @@ class SentenceTransformerEncoder:
         self._prompt_outside_pooling = any(
             getattr(module, "include_prompt", True) is False for module in self.model
         )
+        self.fingerprint = fingerprint(
+            {
+                "backend": "torch",
+                "model": model,
+                "weights": weights_digest(self.model),
+                "prefixes": self.prefixes,
+                "max_tokens": self.max_tokens,
+                "modules": [[type(m).__name__, getattr(m, "get_config_dict", dict)()] for m in self.model],
+            }
+        )
+        """What identifies these vectors (the query cache keys on it)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SentenceTransformerEncoder:
@@ -188,6 +201,32 @@ class SentenceTransformerEncoder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+def fingerprint(parts: Mapping[str, object]) -> str:
+    """A short stable hash of what decides a model's vectors (see ``Heartbeat.fingerprint``)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def fingerprint_of(encoder: object) -> str:
+    """An encoder's fingerprint, or "" for one that has none (a custom ``EMBED_ENCODER``): the
+    query cache stays off for it."""
+    value = getattr(encoder, "fingerprint", "")
+    return value if isinstance(value, str) else ""
+
+
+def weights_digest(model: Any) -> str:
+    """A digest of a torch model's weights: every tensor's name, shape and its first and last
+    values. Cheap at start (e5-large's 2.2 GB are not read whole) and different for any other
+    checkpoint, fine-tuned ones included."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(flat[:256].float().numpy().tobytes())
+        h.update(flat[-256:].float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def build_encoder(settings: Settings) -> Encoder:

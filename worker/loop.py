@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
@@ -20,7 +21,8 @@ import redis
 from embedq.protocol import Heartbeat, Reply, Request
 
 from .batching import Batcher, make_policy
-from .encoder import Encoder
+from .cache import Cacheable, CacheWriter
+from .encoder import Encoder, fingerprint_of
 from .lane import DeadLetter, RedisQueue, Taken
 from .metrics import Metrics
 from .presence import Presence
@@ -87,6 +89,8 @@ class Outcomes:
     """One outcome per reply, in ``replies`` order (``ok``, ``error``...)."""
     deadlines: list[int] = field(default_factory=list)
     """Each reply's request deadline (Redis ms), in ``replies`` order."""
+    cacheable: list[Cacheable] = field(default_factory=list)
+    """Texts answered whole (not cut), for the query cache once the replies are out."""
 
     def reply(self, reply: Reply, outcome: str, deadline_ms: int = 0) -> None:
         self.replies.append(reply)
@@ -103,10 +107,12 @@ class Worker:
         encoder: Encoder,
         client: redis.Redis,
         beat_client: redis.Redis | None = None,
+        cache: CacheWriter | None = None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
         self.redis = client
+        self.cache = cache
         keys = settings.keys
 
         def lane(bulk: bool) -> RedisQueue:
@@ -192,7 +198,8 @@ class Worker:
             f"batch_wait_ms={s.batch_wait_ms:g} batch_gap_ms={s.batch_gap_ms:g} "
             f"max_request_bytes={s.limits.byte_cap} "
             f"prefixes: query={e.prefixes['query']!r} passage={e.prefixes['passage']!r} "
-            f"({source}) queue={s.queue!r}"
+            f"({source}) queue={s.queue!r} fingerprint={fingerprint_of(e) or '-'} "
+            f"cache={','.join(self.cache.kinds) + f' ttl={s.cache_ttl}s' if self.cache else 'off'}"
         )
 
     def info(self) -> Heartbeat:
@@ -220,8 +227,17 @@ class Worker:
             batches=self.batches,
             counts=dict(self.counts),
             last_minute=self.metrics.last_minute(),
+            fingerprint=fingerprint_of(e),
+            cache=self._cache_stats(),
             redis_trouble=self.guard.report(),
         )
+
+    def _cache_stats(self) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        stats = self.cache.stats()
+        self.metrics.cache(stats)
+        return stats
 
     def run(self) -> None:
         """Serve until stopped; waits out Redis outages and refusals with capped backoff."""
@@ -350,6 +366,8 @@ class Worker:
         encode_ms = self._encode_and_reply(live, name, out, truncated, tokens) if live else 0.0
         started = time.perf_counter()
         undeliverable = set(lane.finish(batch, out.replies, out.dead, out.retry))
+        if self.cache is not None and out.cacheable:
+            self.metrics.cache_writes.inc(self.cache.store(out.cacheable))
         now_ms = lane.now_ms()
         for i, outcome in enumerate(out.counts):
             if i in undeliverable:
@@ -518,6 +536,14 @@ class Worker:
                 digest=request.digest,
             )
             out.reply(reply, "ok", request.deadline_ms)
+            if self.cache is not None:
+                cut = set(reply.truncated)
+                counts = reply.tokens or (0,) * len(request.texts)
+                out.cacheable.extend(
+                    Cacheable(request.kind, text, vectors[rows.start + i], counts[i])
+                    for i, text in enumerate(request.texts)
+                    if i not in cut
+                )
         if failed:
             totals = self.queue.count_attempts([request.id for _, request, _ in failed])
             for (item, request, why), attempts in zip(failed, totals, strict=True):
@@ -551,12 +577,19 @@ class Worker:
         return out, failures
 
     def _checked(self, texts: list[str], kinds: list[str]) -> np.ndarray:
-        vectors = np.asarray(self.encoder.encode(texts, kinds), dtype=np.float32)
-        if vectors.shape != (len(texts), self.encoder.dim):
-            raise ValueError(f"encoder returned shape {vectors.shape} for {len(texts)} texts")
+        """The encoder's vectors, each distinct (kind, text) encoded once (a chatbot's batch often
+        holds the same question twice), checked for shape and finiteness."""
+        first: dict[tuple[str, str], int] = {}
+        rows = [first.setdefault(pair, len(first)) for pair in zip(kinds, texts, strict=True)]
+        unique = list(first)
+        vectors = np.asarray(
+            self.encoder.encode([t for _, t in unique], [k for k, _ in unique]), dtype=np.float32
+        )
+        if vectors.shape != (len(unique), self.encoder.dim):
+            raise ValueError(f"encoder returned shape {vectors.shape} for {len(unique)} texts")
         if not np.isfinite(vectors).all():
             raise ValueError("encoder returned non-finite values")
-        return vectors
+        return vectors if len(unique) == len(texts) else vectors[rows]
 
     def _error(self, request_id: str, code: str, message: str) -> Reply:
         return Reply(id=request_id, code=code, message=message, worker=self.settings.worker_id)

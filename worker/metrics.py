@@ -78,9 +78,31 @@ class Metrics:
         for lane in LANES:
             self.late_texts.labels(lane)
         self.depth = Gauge("embedq_queue_depth", "Requests waiting, by queue", ["queue"], registry=r)
+        self.cache_writes = PromCounter(
+            "embedq_cache_writes", "Vectors this worker stored in the query cache", registry=r
+        )
+        self.cache_lookups = Gauge(
+            "embedq_cache_lookups",
+            "Query-cache lookups by all producers, by result (hit, miss): read from the cache Redis",
+            ["result"],
+            registry=r,
+        )
+        self.cache_hit_ratio = Gauge(
+            "embedq_cache_hit_ratio", "Share of producers' cache lookups answered by the cache", registry=r
+        )
         self.info = Info("embedq_worker", "Model and settings of this worker", registry=r)
         self.counts: Counter[str] = Counter()
         self._recent: deque[tuple[float, float]] = deque()
+
+    def cache(self, stats: Mapping[str, object]) -> None:
+        """Set the cache gauges from the shared counts (``CacheWriter.stats``)."""
+        for result, name in (("hit", "hits"), ("miss", "misses")):
+            value = stats.get(name)
+            if isinstance(value, int):
+                self.cache_lookups.labels(result).set(value)
+        ratio = stats.get("hit_ratio")
+        if isinstance(ratio, float):
+            self.cache_hit_ratio.set(ratio)
 
     def describe(self, info: Mapping[str, object]) -> None:
         """Set the info metric (model, dimension, device, threads, ...)."""

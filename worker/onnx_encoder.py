@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoder import Prefixes, resolve_prefixes
+from .encoder import Prefixes, fingerprint, resolve_prefixes
 from .model_config import ModelConfig
 
 MANIFEST = "embedq_export.json"
@@ -168,6 +168,16 @@ class OnnxEncoder:
             self.export.path / TOKENIZER_FILE, self.config, manifest["input_names"], int(manifest["pad_id"])
         )
         self._run = self._onnxruntime() if runtime == "onnx" else self._openvino()
+        self.fingerprint = fingerprint(
+            {
+                "backend": self.backend,
+                "model": self.name,
+                "export": self.export.fingerprint,
+                "prefixes": self.prefixes,
+                "config": self.config.as_json(),
+            }
+        )
+        """What identifies these vectors (the query cache keys on it): the export's own hash."""
 
     @property
     def backend(self) -> str:

@@ -74,6 +74,15 @@ class Settings:
     """``text`` for people, ``json`` (one object per line) for log shippers."""
     metrics_port: int = 0
     """Serve Prometheus metrics on this port; 0: off."""
+    cache_url: str | None = None
+    """The query cache's Redis (off when unset): each vector this worker encodes is stored there
+    under the model's fingerprint, and producers given the same URL answer repeats from it. Use a
+    Redis that may evict (``allkeys-lru`` with a ``maxmemory``): never the queue's Redis under
+    ``noeviction``, which the worker refuses."""
+    cache_ttl: int = 86400
+    """Seconds a cached vector lives."""
+    cache_kinds: str = "query"
+    """Comma-separated kinds to cache: ``query`` (questions repeat) and/or ``passage``."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -94,12 +103,20 @@ class Settings:
             "shutdown_timeout": self.shutdown_timeout > 0,
             "log_format": self.log_format in ("text", "json"),
             "metrics_port": 0 <= self.metrics_port < 65536,
+            "cache_ttl": self.cache_ttl >= 1,
+            "cache_kinds": bool(self.cached_kinds)
+            and all(k in ("query", "passage") for k in self.cached_kinds),
         }
         for name, ok in checks.items():
             if not ok:
                 raise SettingsError(f"{name} (env {ENV[name]}) is out of range: {getattr(self, name)!r}")
         if not self.worker_id or any(c.isspace() for c in self.worker_id):
             raise SettingsError(f"worker_id must be a non-empty word, got {self.worker_id!r}")
+
+    @property
+    def cached_kinds(self) -> tuple[str, ...]:
+        """``cache_kinds`` as a tuple."""
+        return tuple(k.strip() for k in self.cache_kinds.split(",") if k.strip())
 
     @property
     def keys(self) -> Keys:
@@ -164,6 +181,9 @@ ENV: dict[str, str] = {
     "log_level": "EMBED_LOG_LEVEL",
     "log_format": "EMBED_LOG_FORMAT",
     "metrics_port": "EMBED_METRICS_PORT",
+    "cache_url": "EMBED_CACHE_URL",
+    "cache_ttl": "EMBED_CACHE_TTL",
+    "cache_kinds": "EMBED_CACHE_KINDS",
 }
 """Setting name -> environment variable."""
 

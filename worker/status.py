@@ -54,7 +54,17 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
                 "batches": info.batches,
                 "counts": info.counts,
                 "last_minute": info.last_minute,
+                "fingerprint": info.fingerprint,
+                "cache": info.cache,
             }
+        )
+    fingerprints = {w["fingerprint"] for w in workers}
+    cache = next((w["cache"] for w in workers if w["cache"]), None)
+    warnings = [w for w in [eviction_warning(policy)] if w]
+    if len(fingerprints) > 1:
+        warnings.append(
+            f"live workers serve {len(fingerprints)} different models (fingerprints): their vectors "
+            "do not mix in one store, and producers skip the query cache until they agree"
         )
     window = max((w["last_minute"].get("window_s", 60.0) for w in workers), default=60.0)
     answered = sum(int(w["last_minute"].get("requests", 0)) for w in workers)
@@ -63,7 +73,8 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
         "depth": {"online": queued, "bulk": bulk, "in_progress": sum(holding.values())},
         "dead_letters": dead_letters,
         "maxmemory_policy": policy,
-        "warnings": [w for w in [eviction_warning(policy)] if w],
+        "warnings": warnings,
+        "cache": cache,
         "workers": workers,
         "dead_workers": [{"id": w, "holding": holding[w]} for w in dead],
         "last_minute": {
@@ -81,8 +92,17 @@ def render(report: dict[str, Any]) -> str:
         f"{d['in_progress']} being encoded; {report['dead_letters']} dead letter(s)",
         f"last minute: {m['requests_per_s']:.2f} requests/s, p95 {m['p95_ms']:.1f} ms in the worker "
         "(queue wait + encode; the slowest worker's)",
-        f"{len(report['workers'])} live worker(s):",
     ]
+    cache = report.get("cache")
+    if cache:
+        lines.append(
+            f"query cache ({','.join(cache.get('kinds', []))}, ttl {cache.get('ttl_s')}s): "
+            f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses, hit ratio "
+            f"{cache.get('hit_ratio', 0.0):.1%}"
+        )
+    else:
+        lines.append("query cache: off")
+    lines.append(f"{len(report['workers'])} live worker(s):")
     for w in report["workers"]:
         c = w["counts"]
         lines.append(
@@ -91,7 +111,7 @@ def render(report: dict[str, Any]) -> str:
             f"{w['batches']} batches, ok={c.get('ok', 0)} error={c.get('error', 0)} "
             f"expired={c.get('expired', 0)} dead={c.get('dead', 0)} bulk_texts={c.get('bulk_texts', 0)} | "
             f"{w['last_minute'].get('requests', 0)} req/min p95 {w['last_minute'].get('p95_ms', 0)} ms | "
-            f"beat {w['beat_age_s']}s ago, up {w['uptime_s']}s"
+            f"beat {w['beat_age_s']}s ago, up {w['uptime_s']}s | fingerprint {w['fingerprint'] or '-'}"
         )
     for w in report["workers"]:
         if w.get("redis_trouble"):

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("EMBED_API_PORT", "8000")))
     serve.add_argument("--redis-url", help="env REDIS_URL")
     serve.add_argument("--queue", help="env EMBED_QUEUE")
+    serve.add_argument("--cache-url", help="env EMBED_CACHE_URL: the workers' query cache (default off)")
     serve.add_argument("--timeout", type=float, help="env EMBED_TIMEOUT (default 5)")
     serve.add_argument("--kind", choices=("query", "passage"), help="env EMBED_API_KIND (default query)")
 
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from embedq.api import ApiSettings, create_app
 
         settings = ApiSettings.from_env(
-            redis_url=ns.redis_url, queue=ns.queue, timeout=ns.timeout, kind=ns.kind
+            redis_url=ns.redis_url, queue=ns.queue, timeout=ns.timeout, kind=ns.kind, cache_url=ns.cache_url
         )
         uvicorn.run(create_app(settings), host=ns.host, port=ns.port, log_level="info")
         return 0

@@ -149,6 +149,8 @@ def test_a_producer_cannot_read_requests_forge_replies_or_touch_worker_keys(serv
         lambda: producer.keys("*"),
         lambda: producer.flushall(),
         lambda: producer.get("other-app:secret"),
+        lambda: producer.set(KEYS.cache_entry("fp", "query", "q"), b"poisoned vector"),  # poison the cache
+        lambda: producer.hset(KEYS.cache_stats, "hits", 1),
     ]
     for attempt in denied:
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -162,3 +164,7 @@ def test_a_producer_cannot_read_requests_forge_replies_or_touch_worker_keys(serv
     assert producer.llen(KEYS.queue) == 1
     assert producer.blpop([KEYS.reply(victim_id)], timeout=0.1) is None
     producer.delete(KEYS.reply(victim_id))
+    # and the query cache: look entries up, count hits
+    admin.set(KEYS.cache_entry("fp", "query", "q"), b"entry")
+    assert producer.mget([KEYS.cache_entry("fp", "query", "q")]) == [b"entry"]
+    assert producer.hincrby(KEYS.cache_stats, "hits", 1) == 1

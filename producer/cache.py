@@ -1,0 +1,213 @@
+"""The producer's side of the query cache: answer repeated texts without the queue.
+
+Workers write each vector they encode into the cache Redis (``EMBED_CACHE_URL``) under the
+fingerprint of their model (``embedq.worker.cache``). A producer with a cache reads the live
+workers' fingerprint from their heartbeats (at most every ``refresh_s``) and looks a call's
+texts up in one round trip (an MGET; hits and misses reach the shared stats hash with the next
+fingerprint read); the misses go through the queue as always. While live workers disagree on
+the fingerprint (a rolling upgrade) or none is alive, the cache is not read: a new model never
+answers with old vectors. A failing cache (down, refusing) costs a warning and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .protocol import KINDS, CacheEntry, Heartbeat, Keys
+
+log = logging.getLogger("embedq.cache")
+
+REFRESH_S = 2.0
+"""How long a producer trusts the fingerprint it read from the heartbeats."""
+WARN_EVERY_S = 30.0
+"""A failing cache is logged at most this often."""
+DEFAULT_KINDS = ("query",)
+"""What is cached by default: the chatbot's questions, which repeat; documents mostly do not."""
+
+
+def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+    """The cached kinds, or ``ValueError`` for one that is not a kind."""
+    out = tuple(dict.fromkeys(kinds))
+    bad = [k for k in out if k not in KINDS]
+    if bad:
+        raise ValueError(f"cache kinds must be among {KINDS}, got {bad[0]!r}")
+    return out
+
+
+def agreed_model(beats: Iterable[bytes | None]) -> tuple[str, int] | None:
+    """(fingerprint, dim) when every live worker reports the same non-empty fingerprint, else None."""
+    seen: set[tuple[str, int]] = set()
+    for raw in beats:
+        if raw is None:
+            continue
+        try:
+            beat = Heartbeat.unpack(raw)
+        except ValueError:
+            continue
+        seen.add((beat.fingerprint, beat.dim))
+    if len(seen) != 1:
+        return None
+    fingerprint, dim = seen.pop()
+    return (fingerprint, dim) if fingerprint and dim > 0 else None
+
+
+@dataclass
+class Hits:
+    """What a lookup found: vectors and token counts by index into the call's texts."""
+
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    tokens: dict[int, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+
+class CacheLookup:
+    """Reads the query cache for one client (sync or asyncio; the client does the I/O)."""
+
+    def __init__(
+        self, client: Any, keys: Keys, *, kinds: Sequence[str] = DEFAULT_KINDS, refresh_s: float = REFRESH_S
+    ) -> None:
+        if isinstance(client, str) or not hasattr(client, "mget"):
+            raise TypeError(f"cache must be a redis-py client, got {type(client).__name__}")
+        self.redis = client
+        self.keys = keys
+        self.kinds = check_kinds(kinds)
+        self.refresh_s = refresh_s
+        self.model: tuple[str, int] | None = None
+        self.read_at = -1e9
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+        self._warned_at = -1e9
+        self._unflushed = {"hits": 0, "misses": 0}
+
+    def stale(self) -> bool:
+        """True when the fingerprint should be read again from the heartbeats."""
+        return time.monotonic() - self.read_at > self.refresh_s
+
+    def learn(self, beats: Iterable[bytes | None]) -> None:
+        """Take the fingerprint from freshly read heartbeats."""
+        self.model = agreed_model(beats)
+        self.read_at = time.monotonic()
+
+    def plan(self, kind: str, texts: Sequence[str]) -> tuple[list[str], list[int]] | None:
+        """Entry keys for looking ``texts`` up (each distinct text once) and the indexes they
+        stand for; None when the cache does not apply (kind not cached, no agreed model)."""
+        if kind not in self.kinds or self.model is None or not texts:
+            return None
+        fingerprint = self.model[0]
+        unique: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            unique.setdefault(text, i)
+        keys = [self.keys.cache_entry(fingerprint, kind, t) for t in unique]
+        return keys, list(unique.values())
+
+    def found(self, texts: Sequence[str], firsts: list[int], values: Sequence[bytes | None]) -> Hits:
+        """The hits among ``values`` (answers for the texts at ``firsts``), spread to duplicates."""
+        assert self.model is not None
+        dim = self.model[1]
+        by_text: dict[str, CacheEntry] = {}
+        for i, raw in zip(firsts, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                by_text[texts[i]] = CacheEntry.unpack(raw, dim)
+            except ValueError as exc:
+                self.failed(exc)
+        hits = Hits()
+        for i, text in enumerate(texts):
+            entry = by_text.get(text)
+            if entry is not None:
+                hits.vectors[i] = entry.vector
+                hits.tokens[i] = entry.tokens
+        self.hits += len(hits)
+        self.misses += len(texts) - len(hits)
+        self._unflushed["hits"] += len(hits)
+        self._unflushed["misses"] += len(texts) - len(hits)
+        return hits
+
+    def take_unflushed(self) -> dict[str, int]:
+        """Hits and misses not yet added to the shared stats hash (and forget them)."""
+        out = {k: v for k, v in self._unflushed.items() if v}
+        self._unflushed = {"hits": 0, "misses": 0}
+        return out
+
+    def failed(self, exc: Exception) -> None:
+        """A lookup that failed: counted, logged now and then, never raised."""
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._warned_at > WARN_EVERY_S:
+            self._warned_at = now
+            log.warning("query cache unusable, going through the queue: %s", exc)
+
+    def lookup(self, kind: str, texts: Sequence[str], queue_redis: Any) -> Hits:
+        """Cached vectors for ``texts`` (sync clients)."""
+        try:
+            if self.stale():
+                ids = queue_redis.smembers(self.keys.workers)
+                self.learn(queue_redis.mget([self.keys.heartbeat(_text(i)) for i in ids]) if ids else [])
+                self.flush()
+            planned = self.plan(kind, texts)
+            if planned is None:
+                return Hits()
+            keys, firsts = planned
+            return self.found(texts, firsts, self.redis.mget(keys))
+        except Exception as exc:
+            self.failed(exc)
+            return Hits()
+
+    async def alookup(self, kind: str, texts: Sequence[str], queue_redis: Any) -> Hits:
+        """Cached vectors for ``texts`` (asyncio clients)."""
+        try:
+            if self.stale():
+                ids = await queue_redis.smembers(self.keys.workers)
+                beats = await queue_redis.mget([self.keys.heartbeat(_text(i)) for i in ids]) if ids else []
+                self.learn(beats)
+                await self.aflush()
+            planned = self.plan(kind, texts)
+            if planned is None:
+                return Hits()
+            keys, firsts = planned
+            return self.found(texts, firsts, await self.redis.mget(keys))
+        except Exception as exc:
+            self.failed(exc)
+            return Hits()
+
+    def flush(self) -> None:
+        """Add this client's new hits and misses to the shared stats hash (sync clients)."""
+        counts = self.take_unflushed()
+        if counts:
+            pipe = self.redis.pipeline(transaction=False)
+            for name, n in counts.items():
+                pipe.hincrby(self.keys.cache_stats, name, n)
+            pipe.execute()
+
+    async def aflush(self) -> None:
+        """Add this client's new hits and misses to the shared stats hash (asyncio clients)."""
+        counts = self.take_unflushed()
+        if counts:
+            pipe = self.redis.pipeline(transaction=False)
+            for name, n in counts.items():
+                pipe.hincrby(self.keys.cache_stats, name, n)
+            await pipe.execute()
+
+    def stats(self) -> dict[str, float]:
+        """This client's hits, misses, hit ratio and failed lookups."""
+        total = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": round(self.hits / total, 4) if total else 0.0,
+            "errors": self.errors,
+        }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
