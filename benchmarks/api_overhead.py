@@ -21,7 +21,7 @@ import httpx
 import openai
 
 from embedq import EmbeddingClient
-from embedq.worker.local import RedisServer, WorkerProcess, bundled_model_path, free_port
+from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,7 +38,7 @@ def main() -> int:
     worker = WorkerProcess(server.url, "api-bench:requests", cwd=ROOT)
     port = free_port()
     api = subprocess.Popen(
-        [sys.executable, "-m", "embedq.worker.tools", "serve", "--port", str(port),
+        [sys.executable, "-m", "embedq.cli", "serve", "--port", str(port),
          "--redis-url", server.url, "--queue", worker.queue],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip

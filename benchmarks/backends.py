@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from embedq import EmbeddingClient
-from embedq.worker.local import RedisServer, WorkerProcess, bundled_model_path
+from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]

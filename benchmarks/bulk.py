@@ -34,9 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedq import EmbeddingClient
 from embedq.bulk import BulkOptions, run_bulk
-from embedq.worker.bench import InProcess, closed_loop, machine_facts, percentile
-from embedq.worker.corpus import find_korquad, korquad_documents, write_jsonl
-from embedq.worker.local import RedisServer, WorkerProcess, bundled_model_path
+from embedq.tools.bench import InProcess, closed_loop, machine_facts, percentile
+from embedq.tools.corpus import find_korquad, korquad_documents, write_jsonl
+from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path
 
 QUEUE = "bench-bulk:requests"
 RESULTS = Path(__file__).resolve().parent / "results"

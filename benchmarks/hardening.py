@@ -25,7 +25,7 @@ import redis
 
 from embedq import EmbeddingClient
 from embedq.protocol import Keys, new_request_id
-from embedq.worker.local import RedisServer, WorkerProcess, bundled_model_path
+from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

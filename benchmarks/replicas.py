@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedq import EmbeddingClient
-from embedq.worker.bench import LONG_TEXT, SHORT_TEXTS, Cell, Texts, machine_facts, measure_queue
-from embedq.worker.local import RedisServer, WorkerProcess
+from embedq.tools.bench import LONG_TEXT, SHORT_TEXTS, Cell, Texts, machine_facts, measure_queue
+from embedq.tools.local import RedisServer, WorkerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYOUTS = {"1 worker x 2 threads": (1, 2), "2 workers x 1 thread": (2, 1)}

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedq import EmbeddingClient
-from embedq.worker.local import RedisServer, WorkerProcess
+from embedq.tools.local import RedisServer, WorkerProcess
 
 QUERIES = [
     "연남 카페 추천해줘",

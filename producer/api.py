@@ -36,6 +36,7 @@ from .errors import (
     QueueFull,
 )
 from .protocol import DEFAULT_QUEUE, KINDS, Heartbeat
+from .workers import live_workers_async
 
 MODELS_TTL_S = 1.0
 """How long the list of served models (from the workers' heartbeats) is reused."""
@@ -229,18 +230,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
 
     async def live_models(client: AsyncEmbeddingClient) -> dict[str, Heartbeat]:
-        keys = client.keys
-        ids = [i.decode() if isinstance(i, bytes) else i for i in await client.redis.smembers(keys.workers)]
-        beats = await client.redis.mget([keys.heartbeat(i) for i in ids]) if ids else []
         out: dict[str, Heartbeat] = {}
-        for raw in beats:
-            if raw is None:
-                continue
-            try:
-                beat = Heartbeat.unpack(raw)
-            except ValueError:
-                continue
-            out.setdefault(beat.model, beat)
+        for beat in (await live_workers_async(client.redis, client.keys)).values():
+            if beat.dim:  # an unreadable heartbeat says nothing of a model
+                out.setdefault(beat.model, beat)
         return out
 
     cached: dict[str, Any] = {"at": -1.0, "models": {}}

@@ -7,48 +7,27 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError
-from redis.retry import Retry
 
 from .cache import DEFAULT_KINDS, CacheLookup
 from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
 from .clock import RedisClock
+from .connection import producer_options
 from .protocol import DEFAULT_QUEUE, Keys
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_QUEUE = 10_000
-SOCKET_GRACE = 1.0
-"""Socket timeout beyond the call timeout: a blocking pop ends by itself first (Redis answers
-within ~0.1 s of its timeout); a silently dropped connection ends by the socket soon after."""
-
 CACHE_SOCKET_TIMEOUT = 0.5
 """A cache lookup that takes longer than this gives up and goes through the queue."""
-
-MAX_CONNECTIONS = 1000
-"""Connections one client may open (one per call in flight)."""
 
 CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue", "cache_url", "cache_kinds")
 """The options of every producer client, besides the Redis connection's."""
 
 
 def connection_options(timeout: float) -> dict[str, Any]:
-    """redis-py options under which a dead peer or a dropped connection cannot hang a call.
-
-    One retry, on connection errors only, renews a pooled connection that Redis closed (a
-    restart); timeouts are never retried, so a call never waits much past its timeout.
-    """
-    return {
-        "socket_timeout": timeout + SOCKET_GRACE,
-        "socket_connect_timeout": min(timeout, 5.0),
-        "socket_keepalive": True,
-        "health_check_interval": 30,
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(ConnectionError,)),
-        # every call waiting on a reply holds a connection: redis-py's default pool of 100 would
-        # fail the 101st concurrent call of a busy chatbot process with "Too many connections"
-        "max_connections": MAX_CONNECTIONS,
-    }
+    """redis-py options under which a dead peer or a dropped connection cannot hang a call
+    (``connection.producer_options``)."""
+    return producer_options(timeout)
 
 
 def _redis_option_names() -> frozenset[str]:

@@ -8,7 +8,9 @@ tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 mkdir "$tree/embedq"
 for f in "$root"/producer/*.py; do ln -s "$f" "$tree/embedq/"; done
-ln -s "$root/producer/bulk" "$tree/embedq/bulk"
+for d in "$root"/producer/*/; do
+  d=${d%/}; [ "$(basename "$d")" = __pycache__ ] || ln -s "$d" "$tree/embedq/$(basename "$d")"
+done
 ln -s "$root/worker" "$tree/embedq/worker"
 cd "$tree"
 exec "$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" --cache-dir "$root/.mypy_cache" embedq

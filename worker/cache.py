@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from embedq.connection import connect
 from embedq.protocol import CacheEntry, Keys
 
 from .settings import ENV, Settings, SettingsError
@@ -84,9 +85,7 @@ class CacheWriter:
         if not fingerprint:
             log.warning("EMBED_CACHE_URL is set but this encoder reports no fingerprint: cache off")
             return None
-        client = redis.Redis.from_url(
-            settings.cache_url, socket_timeout=1.0, socket_connect_timeout=2.0, socket_keepalive=True
-        )
+        client = connect(settings.cache_url, socket_timeout=1.0, connect_timeout=2.0)
         try:
             memory = client.info("memory")
             same = client.info("server").get("run_id") == queue.info("server").get("run_id")

@@ -17,9 +17,8 @@ from types import FrameType
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from embedq import connection
 from embedq.extras import MissingExtra, require
 
 from .settings import ENV, Settings, SettingsError
@@ -105,20 +104,15 @@ def configure_logging(level: str, fmt: str = "text") -> None:
 
 def connect(settings: Settings, *, socket_timeout: float) -> redis.Redis:
     """The worker's Redis connection: timeouts so a dropped connection cannot hang it."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=5.0,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-    )
+    client: redis.Redis = connection.connect(settings.redis_url, socket_timeout=socket_timeout)
+    return client
 
 
 def run(settings: Settings) -> int:
     """Load the encoder, connect, warm up and serve until SIGTERM/SIGINT; returns the exit code."""
+    from .backends import build_encoder
     from .cache import CacheWriter
-    from .encoder import build_encoder, fingerprint_of
+    from .encoder import fingerprint_of
     from .loop import IDLE_BLOCK_S, Worker
 
     encoder = build_encoder(settings)
@@ -163,8 +157,7 @@ def health(settings: Settings, *, explicit_id: bool, any_worker: bool) -> int:
     """0 if the worker(s) asked about have a fresh heartbeat and no Redis trouble, else 1; quick
     enough for a container healthcheck."""
     from embedq.clock import time_reply_ms
-
-    from .presence import eviction_warning, live_workers
+    from embedq.workers import eviction_warning, live_workers
 
     try:
         client = connect(settings, socket_timeout=2.0)

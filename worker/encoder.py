@@ -9,7 +9,6 @@ E5 convention ``query: ``/``passage: `` for E5-family models, else none.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -227,19 +226,3 @@ def weights_digest(model: Any) -> str:
         h.update(flat[:256].float().numpy().tobytes())
         h.update(flat[-256:].float().numpy().tobytes())
     return h.hexdigest()
-
-
-def build_encoder(settings: Settings) -> Encoder:
-    """The encoder the settings ask for: ``settings.encoder`` (``module:callable``), an export on
-    ONNX Runtime or OpenVINO (``EMBED_BACKEND``), or sentence-transformers."""
-    if settings.encoder:
-        module_name, _, attr = settings.encoder.partition(":")
-        if not attr:
-            raise ValueError(f"EMBED_ENCODER must look like 'module:callable', got {settings.encoder!r}")
-        factory = getattr(importlib.import_module(module_name), attr)
-        return factory(settings)
-    if settings.backend in ("onnx", "openvino"):
-        from .onnx_encoder import OnnxEncoder
-
-        return OnnxEncoder.from_settings(settings)
-    return SentenceTransformerEncoder.from_settings(settings)

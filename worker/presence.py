@@ -21,6 +21,7 @@ import redis
 
 from embedq.clock import RedisClock
 from embedq.protocol import Heartbeat, Keys
+from embedq.workers import eviction_warning, read_policy
 
 from .redis_errors import RedisGuard
 
@@ -38,24 +39,6 @@ that cannot answer is still alive, and must not be reaped."""
 
 POLICY_EVERY_S = 60.0
 """How often the eviction policy is read again."""
-SAFE_POLICIES = ("noeviction",)
-
-
-def eviction_warning(policy: str | None) -> str | None:
-    """A warning for an eviction policy under which Redis may delete queued requests or replies."""
-    if policy is None or policy in SAFE_POLICIES or policy == "unknown":
-        return None
-    return (
-        f"Redis evicts keys under memory pressure (maxmemory-policy {policy}): queued requests and "
-        "replies can vanish without a word. Set maxmemory-policy noeviction on the queue's Redis"
-    )
-
-
-def read_policy(client: redis.Redis) -> str | None:
-    """Redis's ``maxmemory-policy`` (from INFO, which needs no CONFIG permission)."""
-    info = client.info("memory")
-    policy = info.get("maxmemory_policy")
-    return str(policy) if policy is not None else None
 
 
 class Presence:
@@ -166,36 +149,3 @@ class Presence:
         pipe.delete(self.keys.heartbeat(self.worker_id))
         pipe.srem(self.keys.workers, self.worker_id)
         pipe.execute()
-
-
-def _ids(client: redis.Redis, keys: Keys) -> list[str]:
-    return sorted(m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.workers))
-
-
-def live_workers(client: redis.Redis, keys: Keys) -> dict[str, Heartbeat]:
-    """Every registered worker whose heartbeat is fresh, with what it reported (an unreadable
-    heartbeat still counts as live: it exists and has not expired)."""
-    ids = _ids(client, keys)
-    if not ids:
-        return {}
-    values = client.mget([keys.heartbeat(i) for i in ids])
-    out = {}
-    for worker_id, value in zip(ids, values, strict=True):
-        if value is None:
-            continue
-        try:
-            out[worker_id] = Heartbeat.unpack(value)
-        except ValueError:
-            out[worker_id] = Heartbeat(worker=worker_id, model="(unreadable heartbeat)")
-    return out
-
-
-def dead_workers(client: redis.Redis, keys: Keys) -> list[str]:
-    """Registered workers whose heartbeat has expired."""
-    ids = _ids(client, keys)
-    if not ids:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for i in ids:
-        pipe.exists(keys.heartbeat(i))
-    return [i for i, alive in zip(ids, pipe.execute(), strict=True) if not alive]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import redis
 
 from embedq.protocol import Keys, Reply, peek_id
+from embedq.workers import dead_workers
 
 from .lane import DeadLetter, Outcomes
-from .presence import dead_workers
 
 log = logging.getLogger("embedq.reaper")
 

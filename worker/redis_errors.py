@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
+from embedq.connection import Backoff
 from embedq.protocol import shorten
 
 log = logging.getLogger("embedq.worker")
@@ -99,7 +100,7 @@ class RedisGuard:
         self.trouble: Trouble | None = None
         self.total = 0
         self._lock = threading.Lock()
-        self._delay = BACKOFF_START_S
+        self._backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
         self._on_error = on_error
 
     def failed(self, exc: BaseException, where: str) -> float:
@@ -112,13 +113,12 @@ class RedisGuard:
             fresh = self.trouble is None or self.trouble.code != code
             if fresh:
                 self.trouble = Trouble(code, message, time.monotonic())
-                self._delay = BACKOFF_START_S
+                self._backoff.reset()
             else:
                 assert self.trouble is not None
                 self.trouble.count += 1
                 self.trouble.message = message
-            delay = self._delay
-            self._delay = min(self._delay * 2, BACKOFF_MAX_S)
+            delay = self._backoff.next()
         if self._on_error is not None:
             self._on_error(code)
         if fresh:
@@ -133,7 +133,7 @@ class RedisGuard:
             return
         with self._lock:
             trouble, self.trouble = self.trouble, None
-            self._delay = BACKOFF_START_S
+            self._backoff.reset()
         if trouble is not None:
             log.warning(
                 "Redis answers again after %.1f s of %s (%d error(s)); serving",

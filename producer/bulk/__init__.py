@@ -2,7 +2,8 @@
 low-priority bulk list, as an RQ job (``embedq bulk submit``) or in the foreground
 (``embedq bulk run``). Needs the ``bulk`` extra (rq, tqdm); no torch."""
 
-from .job import BulkError, BulkOptions, Progress, run_bulk
+from .job import run_bulk
+from .options import BulkError, BulkOptions, Progress
 from .output import OutputError
 from .reader import BadDocument, BulkInputError, Document, DocumentReader, InputSpec
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import redis
 
+from ..connection import connect
 from ..extras import MissingExtra, require
 from ..protocol import DEFAULT_QUEUE
-from .job import RQ_QUEUE, BulkError, BulkOptions, Progress, run_bulk
+from .job import run_bulk
+from .options import RQ_QUEUE, BulkError, BulkOptions, Progress
 from .output import OutputError
 from .reader import BulkInputError
 
@@ -141,7 +143,7 @@ def run_command(ns: argparse.Namespace) -> int:
     except MissingExtra as exc:
         print(f"embedq: {exc}", file=sys.stderr)
         return 2
-    client = redis.Redis.from_url(ns.redis_url)
+    client = connect(ns.redis_url, socket_timeout=None)  # RQ's blocking waits set their own bounds
     try:
         if ns.bulk_command == "run":
             return _run(ns, client)
@@ -201,7 +203,7 @@ def _note_no_rq_worker(client: redis.Redis) -> None:
 def _run(ns: argparse.Namespace, client: redis.Redis) -> int:
     from tqdm import tqdm
 
-    from .rq_jobs import job_redis
+    from .rq_entry import job_redis
 
     bar = None if ns.quiet else tqdm(unit="doc", dynamic_ncols=True)
 

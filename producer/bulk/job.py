@@ -7,8 +7,9 @@ requests queued so that a worker never idles while the job has work, and writes 
 chunk into the matrix before recording it done. A worker takes bulk requests only when no
 online request waits, so the chatbot's queries never queue behind the job.
 
-The same function runs inside an RQ worker (``embed_file``, through ``embedq bulk submit``) and
-in the foreground (``embedq bulk run``).
+The same job runs inside an RQ worker (``rq_entry.embed_file``, through ``embedq bulk submit``)
+and in the foreground (``embedq bulk run``). Its options are ``options``, its requests in flight
+``window``, its one-model rule ``model_check``, its files ``output``.
 """
 
 from __future__ import annotations
@@ -18,160 +19,32 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
 
-from ..clock import RedisClock
-from ..protocol import DEFAULT_QUEUE, KINDS, Heartbeat, Keys, Request, new_request_id, unpack_reply
+from ..connection import REDIS_DOWN
+from ..protocol import Keys, unpack_reply
+from .model_check import Model, ModelCheck
+from .options import BulkError, BulkOptions, Progress, now_iso
 from .output import ERRORS, IDS, MANIFEST, TRUNCATED, VECTORS, OutputDir, OutputError, VectorFile
 from .plan import Chunk, chunk_count, chunked, pack
-from .reader import BadDocument, BulkInputError, Document, DocumentReader, InputSpec
+from .reader import BadDocument, BulkInputError, Document, DocumentReader
+from .window import Pending, RequestWindow
 
 log = logging.getLogger("embedq.bulk")
 
-RQ_QUEUE = "embed-bulk"
-"""The RQ queue bulk jobs go to (``embedq bulk worker`` serves it)."""
-BLOCK_S = 2.0
-"""Longest single wait for a reply, so progress and deadlines are looked at regularly."""
 PROGRESS_EVERY_S = 1.0
 """Most often progress is reported (RQ job meta, a progress bar)."""
 BATCH_TIMES_KEPT = 10_000
 """Recent bulk batches whose encode time the summary describes: how long an online request may
 wait behind one."""
-QUIET_S = 10.0
-"""Without a reply for this long, progress says whether any worker is live to answer."""
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 SPLIT_CODES = ("encode_failed", "worker_died", "text_too_long")
 """Error replies after which a multi-text request is retried text by text, to find the one bad
 document; the others still get their vectors."""
-
-
-class BulkError(RuntimeError):
-    """The job cannot go on; the message says why and what to do."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class BulkOptions:
-    """How a bulk job reads its input and sends its requests. JSON-serializable (RQ job args)."""
-
-    format: str | None = None
-    id_field: str = "id"
-    text_field: str = "text"
-    kind: str = "passage"
-    batch_size: int = 8
-    """Most texts per bulk request (one worker batch); at most the workers' EMBED_BULK_MAX_BATCH."""
-    max_batch_chars: int = 2048
-    """Most characters per bulk request: long documents go fewer to a batch, which bounds how long
-    an online request can wait behind one."""
-    chunk_size: int = 1024
-    """Documents per chunk, the unit of progress and of resuming."""
-    inflight: int = 16
-    """Bulk requests queued or being encoded at once: enough to keep every worker busy."""
-    max_chars: int = 8192
-    """Longest text accepted (the workers' EMBED_MAX_TEXT_CHARS); longer ones are bad documents."""
-    truncate: bool = True
-    """A document longer than the model's token window: cut it as the model does and list it in
-    ``truncated.jsonl`` (True), or stop the job naming it (False, ``--no-truncate``)."""
-    fail_fast: bool = False
-    """Stop at the first bad document instead of listing it in the errors file."""
-    overwrite: bool = False
-    """Discard an earlier job's output in the directory instead of refusing or resuming."""
-    queue: str = DEFAULT_QUEUE
-    """The workers' online queue name; bulk requests go to its namespace's bulk list."""
-    request_timeout: float = 3600.0
-    """Seconds one bulk request may wait for a worker (it waits behind all online traffic)."""
-    redis_url: str | None = None
-    """Redis of the workers; None: the RQ job's own connection."""
-
-    IDENTITY = (
-        "format",
-        "id_field",
-        "text_field",
-        "kind",
-        "batch_size",
-        "max_batch_chars",
-        "chunk_size",
-        "max_chars",
-        "truncate",
-    )
-    """The options that decide the output's bytes: a resumed job must have the same."""
-
-    def __post_init__(self) -> None:
-        positive = ("batch_size", "max_batch_chars", "chunk_size", "inflight", "max_chars", "request_timeout")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-
-    @property
-    def spec(self) -> InputSpec:
-        """How the input is read."""
-        return InputSpec(
-            format=self.format, id_field=self.id_field, text_field=self.text_field, max_chars=self.max_chars
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The options as a JSON object."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> BulkOptions:
-        """Options from a JSON object; unknown names are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(obj) - known)
-        if unknown:
-            raise ValueError(f"unknown bulk option(s) {unknown}; known: {sorted(known)}")
-        return cls(**obj)
-
-
-@dataclass
-class Progress:
-    """Where a job stands; what ``embedq bulk status`` shows (RQ job meta ``progress``)."""
-
-    phase: str = "starting"
-    """starting, scanning, encoding, done."""
-    done: int = 0
-    """Documents embedded, including those of chunks finished by an earlier run."""
-    total: int = 0
-    errors: int = 0
-    chunks_done: int = 0
-    chunks_total: int = 0
-    rate: float = 0.0
-    """Documents per second in this run."""
-    eta_s: float | None = None
-    elapsed_s: float = 0.0
-    updated: float = field(default_factory=time.time)
-
-    def to_json(self) -> dict[str, Any]:
-        """As a JSON object."""
-        return asdict(self)
-
-
-@dataclass
-class _Pending:
-    request: Request
-    positions: list[int]
-    sent: float = field(default_factory=time.monotonic)
-    """When it was sent, on this host's monotonic clock (the job's own patience)."""
-
-
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    dim: int
-    prefix: str
-    normalized: bool
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class BulkJob:
@@ -197,12 +70,10 @@ class BulkJob:
         self.encoded_this_run = 0
         self._reported = 0.0
         self._encode_started = 0.0
-        self._models: dict[str, _Model | None] = {}
         self._batch_ms: deque[float] = deque(maxlen=BATCH_TIMES_KEPT)
         self._encode_ms_total = 0.0
-        self._last_reply = time.monotonic()
-        self.model: _Model | None = None
-        self.clock = RedisClock()
+        self.window = RequestWindow(client, options)
+        self.models = ModelCheck(client, self.keys, options.kind)
         self._truncated: list[int] = []
         """Rows of the chunk being encoded that the workers cut to the model's token window."""
 
@@ -262,7 +133,7 @@ class BulkJob:
             self._report("done", force=True)
             return self._summary(state)
         if state["model"] is not None:
-            self.model = _Model(**state["model"])
+            self.models.model = Model(**state["model"])
         self._encode_all(state, reader.sha256)
         self._finish(state)
         return self._summary(state)
@@ -339,7 +210,7 @@ class BulkJob:
                     state.setdefault("truncated", {})[str(chunk.index)] = sorted(self._truncated)
                 done.add(chunk.index)
                 state["done"] = sorted(done)
-                state["model"] = asdict(self.model) if self.model is not None else None
+                state["model"] = asdict(self.models.model) if self.models.model is not None else None
                 self.out.save_state(state)
                 self.progress.chunks_done = len(done)
                 log.debug("chunk %d/%d written (rows %d..)", chunk.index + 1, state["chunks"], chunk.start)
@@ -350,7 +221,7 @@ class BulkJob:
         if seen != rows or reader.sha256 != sha256:
             raise BulkError(f"{self.input} changed while the job ran: run it again to start over")
         if rows == 0:
-            state["dim"] = self.model.dim if self.model else 0
+            state["dim"] = self.models.model.dim if self.models.model else 0
             VectorFile.create(self.out.file(VECTORS), 0, state["dim"]).close()
 
     def _write_truncated(self, state: dict[str, Any]) -> int:
@@ -375,7 +246,7 @@ class BulkJob:
 
     def _finish(self, state: dict[str, Any]) -> None:
         truncated = self._write_truncated(state)
-        model = self.model
+        model = self.models.model
         manifest = {
             "model": model.name if model else None,
             "dim": state["dim"],
@@ -432,27 +303,21 @@ class BulkJob:
         todo: deque[list[int]] = deque(
             pack(texts, max_texts=self.options.batch_size, max_chars=self.options.max_batch_chars)
         )
-        pending: dict[str, _Pending] = {}
+        window = self.window
         result: np.ndarray | None = None
-        while todo or pending:
+        while todo or window.pending:
             try:
-                self._send(todo, pending, texts)
-                popped = self.redis.blpop(list(pending), timeout=self._wait_s(pending))
+                window.send(todo, texts)
+                popped = window.pop()
             except REDIS_DOWN as exc:
-                # what was queued may be gone with Redis (a restart without persistence): send
-                # the chunk's unanswered requests again; a reply to an old one is never read
-                self._wait_for_redis(exc)
-                todo.extendleft(reversed([p.positions for p in pending.values()]))
-                pending.clear()
+                window.resend_after(exc, todo, lambda phase: self._report(phase, force=True))
                 continue
             if popped is None:
-                self._check_deadlines(pending)
-                self._report(self._waiting_phase())
+                window.check_deadlines()
+                self._report(window.waiting_phase())
                 continue
-            key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
-            item = pending.pop(key)
-            body = popped[1]
-            reply = unpack_reply(body.encode() if isinstance(body, str) else body)
+            item, body = popped
+            reply = unpack_reply(body)
             if not reply.ok:
                 self._refused(chunk, item, reply.code or "error", reply.message or "", todo)
                 continue
@@ -461,7 +326,7 @@ class BulkJob:
             count, dim = vectors.shape
             if count != len(item.positions):
                 raise BulkError(f"worker {reply.worker}: {count} vectors for {len(item.positions)} texts")
-            self._check_model(reply.worker, dim)
+            self.models.check(reply.worker, dim)
             if result is None:
                 result = np.zeros((len(texts), dim), dtype=np.float32)
             elif dim != result.shape[1]:
@@ -472,50 +337,12 @@ class BulkJob:
             self._encode_ms_total += reply.encode_ms
             self.encoded_this_run += len(item.positions)
             self.progress.done += len(item.positions)
-            self._last_reply = time.monotonic()
             self._report("encoding")
         assert result is not None
         return result
 
-    def _send(self, todo: deque[list[int]], pending: dict[str, _Pending], texts: list[str]) -> None:
-        """Queue requests until ``inflight`` are out, in one round trip."""
-        payloads = []
-        if todo and len(pending) < self.options.inflight:
-            self.clock.sync(self.redis)
-        now = self.clock.now_ms()
-        while todo and len(pending) < self.options.inflight:
-            positions = todo.popleft()
-            request = Request(
-                id=new_request_id(),
-                kind=self.options.kind,
-                texts=[texts[i] for i in positions],
-                deadline_ms=now + int(self.options.request_timeout * 1000),
-                sent_ms=now,
-                truncate=self.options.truncate,
-            )
-            pending[self.keys.reply(request.id)] = _Pending(request, positions)
-            payloads.append(request.pack())
-        if payloads:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.rpush(self.keys.bulk, *payloads)
-            pipe.rpush(self.keys.wake, *([1] * min(len(payloads), 64)))
-            pipe.ltrim(self.keys.wake, -64, -1)
-            pipe.execute()
-
-    def _wait_s(self, pending: dict[str, _Pending]) -> float:
-        first = min(p.sent for p in pending.values()) + self.options.request_timeout
-        return max(0.1, min(BLOCK_S, first - time.monotonic()))
-
-    def _check_deadlines(self, pending: dict[str, _Pending]) -> None:
-        limit = time.monotonic() - self.options.request_timeout
-        if any(p.sent < limit for p in pending.values()):
-            raise BulkError(
-                f"no worker answered a bulk request within {self.options.request_timeout:g} s: are workers "
-                f"running on queue {self.options.queue!r}? (embedq status). Run the job again to resume"
-            )
-
     def _refused(
-        self, chunk: Chunk[Document], item: _Pending, code: str, message: str, todo: deque[list[int]]
+        self, chunk: Chunk[Document], item: Pending, code: str, message: str, todo: deque[list[int]]
     ) -> None:
         """An error reply: split a failed multi-text request to find the bad document; else stop."""
         if code in SPLIT_CODES and len(item.positions) > 1:
@@ -536,74 +363,6 @@ class BulkJob:
         if code == "too_many_texts":
             raise BulkError(f"the workers refused a bulk request: {message}. Use a smaller --batch-size")
         raise BulkError(f"a worker refused a bulk request ({code}): {message}")
-
-    def _waiting_phase(self) -> str:
-        """``encoding``, or after a while without replies, whether any worker is there to answer."""
-        if time.monotonic() - self._last_reply < QUIET_S:
-            return "encoding"
-        try:
-            ids = [m.decode() if isinstance(m, bytes) else m for m in self.redis.smembers(self.keys.workers)]
-            beats = self.redis.mget([self.keys.heartbeat(i) for i in ids]) if ids else []
-        except REDIS_DOWN:
-            return "encoding"
-        if not any(b is not None for b in beats):
-            return f"waiting: no live worker on queue {self.options.queue!r}"
-        return "encoding (waiting behind online traffic)"
-
-    def _wait_for_redis(self, exc: Exception) -> None:
-        """Wait (capped backoff) until Redis answers again; give up after ``request_timeout``."""
-        log.warning("lost Redis (%s); waiting for it to come back", exc)
-        self._report("waiting for Redis", force=True)
-        down_since = time.monotonic()
-        delay = 0.1
-        while True:
-            time.sleep(delay)
-            try:
-                self.redis.ping()
-            except REDIS_DOWN as again:
-                if time.monotonic() - down_since > self.options.request_timeout:
-                    raise BulkError(
-                        f"Redis unreachable for {self.options.request_timeout:g} s ({again}); "
-                        "run the job again to resume"
-                    ) from again
-                delay = min(2 * delay, 2.0)
-                continue
-            log.info("Redis is back after %.1f s; resending this chunk's unanswered requests",
-                     time.monotonic() - down_since)  # fmt: skip
-            return
-
-    def _check_model(self, worker: str, dim: int) -> None:
-        """Every vector of one output must come from one model with one prefix: refuse a mix."""
-        if worker not in self._models:
-            try:
-                raw = self.redis.get(self.keys.heartbeat(worker))
-            except REDIS_DOWN:
-                return  # asked again with its next reply
-            try:
-                info = Heartbeat.unpack(raw) if raw else None
-            except ValueError:
-                info = None
-            self._models[worker] = (
-                _Model(
-                    name=info.model,
-                    dim=info.dim or dim,
-                    prefix=str(info.prefixes.get(self.options.kind, "")),
-                    normalized=info.normalized,
-                )
-                if info
-                else None
-            )
-        seen = self._models[worker]
-        if seen is None:
-            return  # it stopped before we could ask; the others are checked
-        if self.model is None:
-            self.model = seen
-            log.info("vectors from model %s (dim %d, prefix %r)", seen.name, seen.dim, seen.prefix)
-        elif seen != self.model:
-            raise BulkError(
-                f"worker {worker} serves {seen} but this output holds vectors of {self.model}: one output "
-                "must come from one model and prefix. Stop the odd workers (embedq status) and run again"
-            )
 
     def _report(self, phase: str, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -650,22 +409,3 @@ def run_bulk(
 ) -> dict[str, Any]:
     """Embed ``input_path`` into ``output_dir`` through the workers; a summary of the run."""
     return BulkJob(input_path, output_dir, options, client, on_progress=on_progress).run()
-
-
-def embed_file(input_path: str, output_dir: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The RQ job (``embedq bulk submit`` enqueues it): progress goes to the job's meta."""
-    from rq import get_current_job
-
-    from .rq_jobs import job_redis
-
-    opts = BulkOptions.from_json(options or {})
-    job = get_current_job()
-    if job is None:
-        raise BulkError("embed_file runs inside an RQ worker; use run_bulk (embedq bulk run) elsewhere")
-    client = job_redis(job.connection, opts.redis_url)
-
-    def report(progress: Progress) -> None:
-        job.meta["progress"] = progress.to_json()
-        job.save_meta()
-
-    return run_bulk(input_path, output_dir, opts, client, on_progress=report)

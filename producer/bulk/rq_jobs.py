@@ -18,7 +18,7 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from .job import BLOCK_S, RQ_QUEUE, BulkOptions, Progress
+from .options import RQ_QUEUE, BulkOptions, Progress
 from .rq_worker import JOB_FUNCTION
 
 DEFAULT_JOB_TIMEOUT = 7 * 24 * 3600
@@ -28,16 +28,6 @@ STALE_S = 60.0
 job reports at least every few seconds)."""
 RESULT_TTL = 7 * 24 * 3600
 """How long RQ keeps a finished or failed job for ``embedq bulk status``."""
-
-
-def job_redis(connection: redis.Redis, url: str | None = None) -> redis.Redis:
-    """A client for the job's requests: on ``url`` if given, else on the RQ connection's Redis,
-    with a socket timeout longer than the job's blocking waits (RQ's may have none or less)."""
-    if url:
-        return redis.Redis.from_url(url, socket_timeout=BLOCK_S + 5, socket_keepalive=True)
-    pool = connection.connection_pool
-    kwargs = {**pool.connection_kwargs, "socket_timeout": BLOCK_S + 5, "socket_keepalive": True}
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def rq_queue(connection: redis.Redis, name: str = RQ_QUEUE) -> Queue:

@@ -17,12 +17,13 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from ..protocol import shorten
-from .job import embed_file
+from .rq_entry import embed_file
 
-JOB_FUNCTION = "embedq.bulk.job.embed_file"
+JOB_FUNCTION = "embedq.bulk.rq_entry.embed_file"
 """The function path bulk jobs are stored under."""
 ALLOWED: dict[str, Callable[..., Any]] = {
     JOB_FUNCTION: embed_file,
+    "embedq.bulk.job.embed_file": embed_file,  # jobs stored before the bulk package was split
     "producer.bulk.job.embed_file": embed_file,  # jobs stored before the embedq import name
 }
 """The only function paths this worker runs."""

@@ -54,7 +54,7 @@ def server() -> Iterator[RedisServer]:
 
 def test_the_printed_command_is_the_rules(server: RedisServer) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "embedq.worker.tools", "acl", "--role", "producer", "--user", "chatbot",
+        [sys.executable, "-m", "embedq.cli", "acl", "--role", "producer", "--user", "chatbot",
          "--password", "pw", "--queue", QUEUE],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )  # fmt: skip
@@ -112,7 +112,7 @@ def test_every_role_works_under_its_own_rules(server: RedisServer, tmp_path: Pat
         docs = tmp_path / "docs.jsonl"
         docs.write_text("".join(json.dumps({"id": i, "text": f"문서 {i}"}) + "\n" for i in range(30)))
         run_env = {**os.environ, "REDIS_URL": url(server, "bulk")}
-        embedq = [sys.executable, "-m", "embedq.worker.tools", "bulk"]
+        embedq = [sys.executable, "-m", "embedq.cli", "bulk"]
         submitted = subprocess.run(
             [*embedq, "submit", str(docs), str(tmp_path / "out"), "--queue", QUEUE],
             capture_output=True, text=True, env=run_env, cwd=ROOT, timeout=60,

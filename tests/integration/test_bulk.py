@@ -21,9 +21,9 @@ import pytest
 import redis
 
 from embedq import EmbeddingClient
-from embedq.bulk import BulkOptions, rq_jobs, run_bulk
+from embedq.bulk import BulkError, BulkOptions, rq_jobs, run_bulk
 from embedq.protocol import Heartbeat, Keys
-from embedq.worker.corpus import find_korquad, korquad_documents, write_jsonl
+from embedq.tools.corpus import find_korquad, korquad_documents, write_jsonl
 from tests.integration.conftest import InProcess, cosines
 from tests.support.fake_encoder import fake_vector
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, embedq, wait_until
@@ -42,7 +42,7 @@ class RQWorker:
     def __init__(self, redis_url: str, name: str, *, burst: bool = False, queue: str = RQ_QUEUE) -> None:
         self.log_path = ROOT / f".pytest-rq-{name}.log"
         self._log = self.log_path.open("w")
-        args = [sys.executable, "-m", "embedq.worker.tools", "bulk", "worker", "--redis-url", redis_url]
+        args = [sys.executable, "-m", "embedq.cli", "bulk", "worker", "--redis-url", redis_url]
         args += ["--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}", "--worker-ttl", "30"]
         self.proc = subprocess.Popen(
             [*args, *(["--burst"] if burst else []), "--rq-queue", queue],
@@ -419,7 +419,7 @@ def test_memory_stays_bounded_for_a_large_input(
             f.write(json.dumps({"id": f"doc-{i}", "text": f"document number {i} " * 8}) + "\n")
     command = ["bulk", "run", str(source), str(tmp_path / "out"), "--redis-url", redis_server.url]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedq.worker.tools", *command, "--queue", fast_worker.queue, "--quiet"],
+        [sys.executable, "-m", "embedq.cli", *command, "--queue", fast_worker.queue, "--quiet"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -490,16 +490,16 @@ def test_a_redis_restart_mid_job_loses_nothing(
 def test_with_no_worker_the_job_says_so_and_fails_at_its_deadline(
     tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from embedq.bulk import job as bulk_job
+    from embedq.bulk import window
 
-    monkeypatch.setattr(bulk_job, "QUIET_S", 0.5)
-    monkeypatch.setattr(bulk_job, "BLOCK_S", 0.5)
+    monkeypatch.setattr(window, "QUIET_S", 0.5)
+    monkeypatch.setattr(window, "BLOCK_S", 0.5)
     source = tmp_path / "docs.jsonl"
     source.write_text("".join(json.dumps({"id": i, "text": f"doc {i}"}) + "\n" for i in range(20)))
     phases: list[str] = []
     options = BulkOptions(queue="it-nobody:requests", request_timeout=3)
     with pytest.raises(
-        bulk_job.BulkError, match=r"no worker answered a bulk request within 3 s.*embedq status"
+        BulkError, match=r"no worker answered a bulk request within 3 s.*embedq status"
     ):
         run_bulk(
             source,

@@ -22,7 +22,7 @@ from embedq import (
     QueueFull,
 )
 from embedq.protocol import Keys, new_request_id
-from embedq.worker.presence import live_workers
+from embedq.workers import live_workers
 from tests.support.requests import make_request, now_ms
 from tests.support.servers import RedisServer, WorkerProcess, wait_until
 

@@ -23,7 +23,7 @@ import redis
 
 from embedq import EmbeddingClient, EmbeddingError, EmbeddingTimeout, EmbedqError
 from embedq.protocol import Keys, new_request_id
-from embedq.worker.presence import live_workers
+from embedq.workers import live_workers
 from tests.support.fake_encoder import fake_vector
 from tests.support.requests import make_request, now_ms
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, wait_until
@@ -391,7 +391,7 @@ def test_an_evicting_redis_is_warned_about(server: RedisServer) -> None:
             [
                 sys.executable,
                 "-m",
-                "embedq.worker.tools",
+                "embedq.cli",
                 "status",
                 "--redis-url",
                 server.url,
@@ -464,6 +464,7 @@ def test_the_bulk_worker_runs_only_embedqs_job(server: RedisServer, tmp_path: Pa
     from rq.serializers import JSONSerializer
 
     from embedq.bulk import BulkOptions
+    from embedq.bulk.rq_worker import JOB_FUNCTION
 
     queue = "bulk-only:requests"
     worker = worker_for(server, queue)
@@ -474,7 +475,7 @@ def test_the_bulk_worker_runs_only_embedqs_job(server: RedisServer, tmp_path: Pa
     try:
         evil = rq.enqueue("os.system", args=(f"touch {marker}",))
         sneaky = rq.enqueue(
-            "embedq.bulk.job.embed_file",
+            JOB_FUNCTION,
             args=(str(docs), str(tmp_path / "x"), BulkOptions(queue=queue).to_json()),
             on_success="os.getcwd",
         )
@@ -482,8 +483,12 @@ def test_the_bulk_worker_runs_only_embedqs_job(server: RedisServer, tmp_path: Pa
             "producer.bulk.job.embed_file",
             args=(str(docs), str(tmp_path / "out"), BulkOptions(queue=queue).to_json()),
         )
+        previous = rq.enqueue(  # a job stored before the bulk package was split
+            "embedq.bulk.job.embed_file",
+            args=(str(docs), str(tmp_path / "out2"), BulkOptions(queue=queue).to_json()),
+        )
         ran = subprocess.run(
-            [sys.executable, "-m", "embedq.worker.tools", "bulk", "worker", "--burst",
+            [sys.executable, "-m", "embedq.cli", "bulk", "worker", "--burst",
              "--redis-url", server.url],
             capture_output=True, text=True, cwd=ROOT, timeout=120,
         )  # fmt: skip
@@ -493,9 +498,13 @@ def test_the_bulk_worker_runs_only_embedqs_job(server: RedisServer, tmp_path: Pa
             job.refresh()
             assert job.get_status() == "failed"
             assert "refused" in (job.exc_info or ""), job.exc_info
-        legacy.refresh()
-        assert legacy.get_status() == "finished", legacy.exc_info
+        for job in (legacy, previous):
+            job.refresh()
+            assert job.get_status() == "finished", job.exc_info
         assert np.load(tmp_path / "out" / "vectors.npy").shape == (5, 8)
+        assert np.array_equal(
+            np.load(tmp_path / "out2" / "vectors.npy"), np.load(tmp_path / "out" / "vectors.npy")
+        )
     finally:
         assert worker.terminate() == 0, worker.log()
 

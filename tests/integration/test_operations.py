@@ -49,7 +49,7 @@ def status(redis_server: RedisServer) -> dict:  # type: ignore[type-arg]
         [
             sys.executable,
             "-m",
-            "worker.tools",
+            "embedq.cli",
             "status",
             "--redis-url",
             redis_server.url,
@@ -151,7 +151,7 @@ def test_status_lists_both_workers_and_the_depths(
         [
             sys.executable,
             "-m",
-            "embedq.worker.tools",
+            "embedq.cli",
             "status",
             "--redis-url",
             redis_server.url,

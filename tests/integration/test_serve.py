@@ -34,7 +34,7 @@ def serve_worker(redis_server: RedisServer) -> Iterator[WorkerProcess]:
 def server_url(redis_server: RedisServer, serve_worker: WorkerProcess) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedq.worker.tools", "serve", "--port", str(port),
+        [sys.executable, "-m", "embedq.cli", "serve", "--port", str(port),
          "--redis-url", redis_server.url, "--queue", serve_worker.queue],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip

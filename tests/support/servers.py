@@ -1,4 +1,4 @@
-"""Test-side access to the local processes of ``worker.local``, run from the repository root
+"""Test-side access to the local processes of ``embedq.tools.local``, run from the repository root
 so that worker processes can load test encoders (``EMBED_ENCODER=tests.support...``)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from embedq.worker import local
-from embedq.worker.local import RedisServer, bundled_model_path, free_port, wait_until
+from embedq.tools import local
+from embedq.tools.local import RedisServer, bundled_model_path, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,9 +26,9 @@ class WorkerProcess(local.WorkerProcess):
 
 
 def embedq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the ``embedq`` command (``python -m embedq.worker.tools``) from the repository root."""
+    """Run the ``embedq`` command (``python -m embedq.cli``) from the repository root."""
     return subprocess.run(
-        [sys.executable, "-m", "embedq.worker.tools", *args],
+        [sys.executable, "-m", "embedq.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedq.bulk.job import BulkOptions
+from embedq.bulk.options import BulkOptions
 from embedq.bulk.output import OutputDir, OutputError, VectorFile
 from embedq.bulk.plan import chunk_count, chunked, pack
 from embedq.bulk.reader import BadDocument, BulkInputError, Document, DocumentReader, InputSpec

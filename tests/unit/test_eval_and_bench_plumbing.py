@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedq.worker import bench
-from embedq.worker import evaluate as ev
-from embedq.worker.tools import build_parser
+from embedq.cli import build_parser
+from embedq.tools import bench
+from embedq.tools import evaluate as ev
 
 
 def test_pairs_from_jsonl_with_custom_fields(tmp_path: Path) -> None:

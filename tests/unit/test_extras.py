@@ -29,14 +29,12 @@ def run_without(blocked: list[str], *args: str) -> subprocess.CompletedProcess[s
 
 
 def test_commands_say_which_extra_they_need() -> None:
-    bulk = run_without(["rq", "tqdm"], "embedq.worker.tools", "embedq", "bulk", "status", "some-job")
+    bulk = run_without(["rq", "tqdm"], "embedq.cli", "embedq", "bulk", "status", "some-job")
     assert bulk.returncode == 2 and "pip install '.[bulk]'" in bulk.stderr, bulk.stderr
-    helped = run_without(
-        ["rq", "tqdm", "torch", "sentence_transformers"], "embedq.worker.tools", "embedq", "--help"
-    )
+    helped = run_without(["rq", "tqdm", "torch", "sentence_transformers"], "embedq.cli", "embedq", "--help")
     assert helped.returncode == 0 and "status" in helped.stdout, helped.stderr
     bench = run_without(
-        ["torch", "sentence_transformers"], "embedq.worker.tools", "embedq", "bench", "--quick", "--out", "x"
+        ["torch", "sentence_transformers"], "embedq.cli", "embedq", "bench", "--quick", "--out", "x"
     )
     assert bench.returncode == 2 and "pip install '.[torch]'" in bench.stderr, bench.stderr
     worker = run_without(["prometheus_client"], "embedq.worker", "embedq-worker")

@@ -7,8 +7,9 @@ import msgpack
 import pytest
 
 from embedq.protocol import Heartbeat, Keys, Request, unpack_reply
-from embedq.worker.presence import Presence, dead_workers, live_workers
+from embedq.worker.presence import Presence
 from embedq.worker.reaper import Reaper
+from embedq.workers import dead_workers, live_workers
 from tests.support.requests import make_request
 
 KEYS = Keys()

@@ -217,7 +217,7 @@ class InProcess:
     """The model called directly, as the design record's benchmark did."""
 
     def __init__(self, model: str, prefix: str = "") -> None:
-        from .encoder import set_thread_env
+        from embedq.worker.encoder import set_thread_env
 
         set_thread_env(2)
         import torch
@@ -304,9 +304,9 @@ def measure_overhead(server: RedisServer, model: str, batches: int = 200) -> dic
     Runs the real worker loop in this process on the real Redis, with the queue pre-filled so no
     batch waits, and subtracts each batch's measured encode time from its serve time.
     """
-    from .encoder import SentenceTransformerEncoder
-    from .loop import Worker
-    from .settings import Settings
+    from embedq.worker.encoder import SentenceTransformerEncoder
+    from embedq.worker.loop import Worker
+    from embedq.worker.settings import Settings
 
     class Timed(SentenceTransformerEncoder):
         last = 0.0

@@ -13,7 +13,7 @@ import numpy as np
 
 from embedq.extras import MissingExtra, require
 
-from .bench import model_label as bench_model_label
+from .tools.bench import model_label as bench_model_label
 
 
 def _ints(value: str) -> tuple[int, ...]:
@@ -26,7 +26,7 @@ def _words(value: str) -> tuple[str, ...]:
 
 def default_model() -> str:
     """EMBEDDING_MODEL if set, else the bundled offline all-MiniLM-L6-v2."""
-    from .local import bundled_model_path
+    from .tools.local import bundled_model_path
 
     return os.environ.get("EMBEDDING_MODEL") or bundled_model_path()
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     plan = bench.Plan.quick() if ns.quick else bench.Plan()
     changes = {
@@ -148,7 +148,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from . import evaluate as ev
+    from .tools import evaluate as ev
 
     pairs = ev.load_pairs(ns.data, query_field=ns.query_field, passage_field=ns.passage_field)
     data = ev.build_set(pairs, sample=ns.sample, seed=ns.seed)
@@ -189,8 +189,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def _queue_vectors(ns: argparse.Namespace, model: str, data: object, prefixes: dict[str, str | None]):
     from embedq import EmbeddingClient
 
-    from . import evaluate as ev
-    from .local import RedisServer, WorkerProcess
+    from .tools import evaluate as ev
+    from .tools.local import RedisServer, WorkerProcess
 
     assert isinstance(data, ev.EvalSet)
     if ns.redis_url:
@@ -217,10 +217,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
     import redis
 
+    from .connection import connect
     from .status import collect, render
 
     try:
-        client = redis.Redis.from_url(ns.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = connect(ns.redis_url, socket_timeout=5.0)
         report = collect(client, ns.queue)
     except redis.exceptions.RedisError as exc:
         print(f"embedq status: cannot read {ns.redis_url}: {exc}", file=sys.stderr)

@@ -106,7 +106,7 @@ class InProcessEncoder:
     """The worker's own encoder class in this process: same prefixes, same normalization."""
 
     def __init__(self, model: str, **options: Any) -> None:
-        from .encoder import SentenceTransformerEncoder
+        from embedq.worker.encoder import SentenceTransformerEncoder
 
         self.encoder = SentenceTransformerEncoder(model, **options)
 

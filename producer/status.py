@@ -9,7 +9,7 @@ import redis
 from embedq.clock import time_reply_ms
 from embedq.protocol import Keys
 
-from .presence import dead_workers, eviction_warning, live_workers, read_policy
+from .workers import dead_workers, eviction_warning, live_workers, read_policy
 
 
 def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
