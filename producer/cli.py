@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target-requests", type=int, help="requests per target cell (default 800)")
     bench.add_argument("--policies", type=_words, help="batching policies to compare (default all)")
     bench.add_argument("--overhead-batches", type=int, help="batches timed for target 4 (default 200)")
+    bench.add_argument(
+        "--backends",
+        type=_words,
+        help="worker backends to compare: torch,onnx,openvino (default torch,onnx; onnx and openvino "
+        "serve an export of the model, made now unless --export names one; needs embedq[export])",
+    )
+    bench.add_argument("--export", help="an export of the model (embedq-worker export) for onnx/openvino")
+    bench.add_argument(
+        "--cache-hit-ratio",
+        type=float,
+        help="share of repeated texts in the query-cache variant, 0..1 (default 0.5; 0: no cache variant)",
+    )
     bench.add_argument("--quick", action="store_true", help="a small preset: under 2 minutes on 2 cores")
     bench.add_argument(
         "--out",
@@ -122,18 +134,23 @@ def cmd_bench(ns: argparse.Namespace) -> int:
             ("target_requests", "target_requests"),
             ("policies", "policies"),
             ("overhead_batches", "overhead_batches"),
+            ("backends", "backends"),
+            ("export", "export"),
+            ("cache_hit_ratio", "cache_hit_ratio"),
         )
         if getattr(ns, k2) is not None
     }
     from dataclasses import replace
 
     plan = replace(plan, **changes)
-    unknown = set(plan.policies) - set(bench.POLICY_CONFIGS)
-    if unknown:
-        print(
-            f"embedq bench: unknown policies {sorted(unknown)}; choose from {sorted(bench.POLICY_CONFIGS)}",
-            file=sys.stderr,
-        )
+    try:
+        plan.check()
+        if any(b != "torch" for b in plan.backends) and plan.export is None:
+            require(
+                "export", "onnx", "onnxscript", what="embedq bench --backends onnx (it exports the model)"
+            )
+    except (ValueError, MissingExtra) as exc:
+        print(f"embedq bench: {exc}", file=sys.stderr)
         return 2
     texts = bench.Texts.from_file(ns.texts) if ns.texts else bench.Texts(bench.SHORT_TEXTS, [bench.LONG_TEXT])
     model = ns.model or default_model()

@@ -498,9 +498,7 @@ def test_with_no_worker_the_job_says_so_and_fails_at_its_deadline(
     source.write_text("".join(json.dumps({"id": i, "text": f"doc {i}"}) + "\n" for i in range(20)))
     phases: list[str] = []
     options = BulkOptions(queue="it-nobody:requests", request_timeout=3)
-    with pytest.raises(
-        BulkError, match=r"no worker answered a bulk request within 3 s.*embedq status"
-    ):
+    with pytest.raises(BulkError, match=r"no worker answered a bulk request within 3 s.*embedq status"):
         run_bulk(
             source,
             tmp_path / "out",

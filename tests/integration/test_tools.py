@@ -54,6 +54,10 @@ def test_bench_tiny_run_writes_its_reports(tmp_path: Path) -> None:
         "adaptive",
         "--overhead-batches",
         "10",
+        "--backends",
+        "torch,onnx",
+        "--cache-hit-ratio",
+        "0.5",
         "--out",
         str(out),
         timeout=600,
@@ -69,7 +73,12 @@ def test_bench_tiny_run_writes_its_reports(tmp_path: Path) -> None:
         ("queue", 1, 1),
         ("queue", 1, 2),
     }
-    assert set(report["targets"]["policies"]) == {"adaptive"}
+    variants = report["targets"]["policies"]
+    assert set(variants) == {"adaptive", "onnx", "onnx+cache"}
+    assert variants["onnx"]["backend"] == "onnx" and variants["adaptive"]["backend"] == "torch"
+    cached = variants["onnx+cache"]
+    assert cached["cache_hit_ratio"] == 0.5 and cached["cache_hit_idle"]["requests"] > 0
+    assert cached["cache_stats"]["hits"] > 0 and cached["cache_stats"]["misses"] > 0
     assert report["targets"]["overhead"]["batches"] == 10
     assert "## Targets" in (out / "results.md").read_text()
     assert (out / "chart.png").stat().st_size > 10_000

@@ -180,3 +180,27 @@ def test_cli_parses_quick_and_lists() -> None:
         build_parser().parse_args(["bench", "--quick"])
     ns = build_parser().parse_args(["eval", "data.json", "--model", "a", "--model", "b", "--sample", "9"])
     assert (ns.model, ns.sample) == (["a", "b"], 9)
+
+
+def test_repeating_texts_repeat_at_exactly_the_stated_share() -> None:
+    feed = bench.RepeatingTexts(bench.Texts(["q"], ["l"]), 0.25, ["again"])
+    texts = feed.take("short", 40) + feed.take("short", 40)
+    assert texts.count("again") == 20
+    assert len(set(texts) - {"again"}) == 60  # the others are all distinct
+    assert bench.RepeatingTexts(bench.Texts(["q"], ["l"]), 1.0, ["a", "b"]).take("short", 4) == ["a", "b"] * 2
+
+
+def test_variants_put_policies_on_torch_backends_on_an_export_and_the_cache_last() -> None:
+    plan = bench.Plan(policies=("adaptive", "fixed-50ms"), backends=("torch", "onnx"), cache_hit_ratio=0.5)
+    chosen = bench.variants(plan, "m", "/exports/m", "redis://cache")
+    assert list(chosen) == ["adaptive", "fixed-50ms", "onnx", "onnx+cache"]
+    assert (
+        chosen["onnx"].env["EMBED_BACKEND"] == "onnx"
+        and chosen["onnx"].env["EMBEDDING_MODEL"] == "/exports/m"
+    )
+    assert chosen["onnx+cache"].cache and chosen["onnx+cache"].env["EMBED_CACHE_URL"] == "redis://cache"
+    assert "EMBED_CACHE_URL" not in chosen["onnx"].env
+    with pytest.raises(ValueError, match="backends"):
+        bench.Plan(backends=("tensorrt",)).check()
+    with pytest.raises(ValueError, match="hit ratio"):
+        bench.Plan(cache_hit_ratio=1.5).check()
