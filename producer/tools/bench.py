@@ -545,6 +545,10 @@ def run(plan: Plan, model: str, texts: Texts, *, log: Callable[[str], None] = pr
 
 
 ROUNDS = 8
+OMP_QUIET_S = 0.25
+"""Pause after an in-process torch encode before timing a request through the queue: torch's
+OpenMP threads keep spinning on both cores for KMP_BLOCKTIME (200 ms) after each encode, and
+would slow the Redis round trips being timed (seen: a cache hit at 5.4 ms instead of 0.3 ms)."""
 """Target cells are measured in this many interleaved rounds, so slow drifts of a noisy machine
 hit every mode alike."""
 
@@ -596,11 +600,13 @@ def measure_targets(
             add("naive_c10", measure_inproc(enc, texts, "short", 1, 10, per_round, 600, "naive"))
             for name, client in clients.items():
                 feed = feeds[name]
+                time.sleep(OMP_QUIET_S)
                 add(f"{name}_c10", measure_queue(client, feed, "short", 1, 10, per_round, 600, 2, name))
             for name, client in clients.items():  # idle: alternate in-process and queue, one by one
                 feed = feeds[name]
                 for _ in range(per_round):
                     add("inproc_bs1", measure_inproc(enc, texts, "short", 1, 1, 1, 600, "inproc"))
+                    time.sleep(OMP_QUIET_S)
                     add(
                         f"{name}_idle",
                         measure_queue(client, feed, "short", 1, 1, 1, 600, 2, name, pause_s=0.005),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embedq import EmbeddingClient
-from tests.support.servers import RedisServer, WorkerProcess, bundled_model_path
+from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path
 
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
 
@@ -106,3 +109,20 @@ def redis_server_restartable() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
     server.stop()
+
+
+def export_model(out: Path, *args: str) -> Path:
+    """``embedq-worker export`` of the bundled model into ``out`` (checked by the export itself)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "embedq.worker", "export", bundled_model_path(), "--out", str(out), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "min cosine vs torch" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model, exported for the onnx and openvino backends."""
+    return export_model(tmp_path_factory.mktemp("export") / "minilm")

@@ -22,6 +22,8 @@ from embedq.protocol import Keys
 from tests.support.fake_encoder import POISON, fake_vector
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, wait_until
 
+pytestmark = pytest.mark.slow
+
 QUEUE = "acl-embed:requests"
 KEYS = Keys(QUEUE)
 USERS = {"worker": "w-secret", "producer": "p-secret", "bulk": "b-secret"}

@@ -16,23 +16,13 @@ from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_mode
 
 from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES, InProcess, cosines
 
+pytestmark = pytest.mark.slow
+
 NO_TORCH = """
 import sys
 for name in ("torch", "sentence_transformers", "transformers"):
     sys.modules[name] = None  # any import of these now fails
 """
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "minilm"
-    result = subprocess.run(
-        [sys.executable, "-m", "embedq.worker", "export", bundled_model_path(), "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "min cosine vs torch" in result.stdout
-    return out
 
 
 @pytest.fixture(scope="session")

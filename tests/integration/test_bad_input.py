@@ -114,6 +114,7 @@ def test_request_without_usable_id_is_dead_lettered(
     assert default_worker.alive
 
 
+@pytest.mark.slow
 def test_failing_encode_fails_only_the_bad_text(
     redis_server: RedisServer, faulty_worker: WorkerProcess, in_process: InProcess
 ) -> None:

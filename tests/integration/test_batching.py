@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from embedq import Call, EmbeddingClient
 from embedq.worker.encoder import SentenceTransformerEncoder
@@ -17,6 +18,8 @@ from tests.support.fake_encoder import CallRecorder
 from tests.support.servers import RedisServer, WorkerProcess, bundled_model_path
 
 from .conftest import RECORD_QUERIES, InProcess, client_for, cosines
+
+pytestmark = pytest.mark.slow
 
 PRODUCERS = 10
 REQUESTS_EACH = 12

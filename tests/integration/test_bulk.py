@@ -26,7 +26,10 @@ from embedq.protocol import Heartbeat, Keys
 from embedq.tools.corpus import find_korquad, korquad_documents, write_jsonl
 from tests.integration.conftest import InProcess, cosines
 from tests.support.fake_encoder import fake_vector
+from tests.support.heartbeats import fresh_heartbeats
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, embedq, wait_until
+
+pytestmark = pytest.mark.slow
 
 KORQUAD = find_korquad()
 needs_korquad = pytest.mark.skipif(KORQUAD is None, reason="KorQuAD dev set not found (set EMBEDQ_KORQUAD)")
@@ -253,7 +256,7 @@ def test_a_job_killed_halfway_resumes_to_the_same_output_redoing_at_most_one_chu
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
-    time.sleep(1.5)  # the worker's heartbeat (once a second) has counted the reference run
+    fresh_heartbeats(redis_server.client(), Keys(model_worker.queue))  # it counted the reference run
     before = bulk_texts(redis_server, model_worker)
     first = RQWorker(redis_server.url, "doomed")
     rq_workers.append(first)
@@ -284,7 +287,7 @@ def test_a_job_killed_halfway_resumes_to_the_same_output_redoing_at_most_one_chu
     # the worker's own count: every text once, plus at most the one chunk that was cut off
     # (what was encoded of it, and what it had queued, which the worker still encoded)
     wait_until(lambda: bulk_texts(redis_server, model_worker) >= before + n, 10, "the heartbeat count")
-    time.sleep(1.5)  # one more heartbeat, for texts encoded after the job ended
+    fresh_heartbeats(redis_server.client(), Keys(model_worker.queue))  # texts encoded after the job ended
     encoded = bulk_texts(redis_server, model_worker) - before
     print(f"\nkilled at {state['done']} of {n // chunk} chunks; the worker encoded {encoded} texts for {n}")
     assert n <= encoded <= n + chunk, f"encoded {encoded} texts for {n} documents"

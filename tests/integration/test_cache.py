@@ -20,6 +20,8 @@ from embedq.protocol import CacheEntry, Keys
 from tests.integration.conftest import RECORD_QUERIES, InProcess
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, embedq, wait_until
 
+pytestmark = pytest.mark.slow
+
 QUEUE = "cache-embed:requests"
 KEYS = Keys(QUEUE)
 

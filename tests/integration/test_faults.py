@@ -23,10 +23,13 @@ from embedq import (
 )
 from embedq.protocol import Keys, new_request_id
 from embedq.workers import live_workers
+from tests.support.heartbeats import fresh_heartbeats
 from tests.support.requests import make_request, now_ms
 from tests.support.servers import RedisServer, WorkerProcess, wait_until
 
 from .conftest import RECORD_QUERIES, InProcess, cosines
+
+pytestmark = pytest.mark.slow
 
 FAST_REAPING = {"EMBED_HEARTBEAT_TTL": "1.5", "EMBED_REAP_INTERVAL": "0.5"}
 SLOW = {"EMBED_ENCODER": "tests.support.faulty_encoder:build", "EMBED_TEST_ENCODE_DELAY": "3"}
@@ -91,13 +94,15 @@ def test_thousand_requests_survive_three_worker_crashes(
         for i in range(p, 1000, 20):
             results[i] = client.embed([texts[i]])[0]
 
+    rng = random.Random(20261128)  # the same kill times on every run
+
     def chaos() -> None:
         for n in range(3):
             victim = WorkerProcess(
                 redis_server.url, keys.queue, {**FAST_REAPING, "EMBED_WORKER_ID": f"victim-{n}"}
             )
             workers.append(victim)
-            time.sleep(random.uniform(0.5, 1.5))
+            time.sleep(rng.uniform(0.5, 1.5))
             victim.kill()
             if done.is_set():
                 break
@@ -209,7 +214,7 @@ def test_expired_requests_are_skipped_and_counted(
         return sum(int(w.counts.get("texts", 0)) for w in live_workers(r, keys).values())
 
     wait_until(lambda: live_workers(r, keys), 5, "a heartbeat")
-    time.sleep(1.2)  # one more heartbeat (once a second): the counts include earlier tests' traffic
+    fresh_heartbeats(r, keys)  # the counts include earlier tests' traffic
     expired_before, texts_before = expired_count(), texts_count()
     stale = [make_request("늦었어요", timeout=-1) for _ in range(3)]
     client = EmbeddingClient.from_url(redis_server.url, queue=keys.queue, timeout=10)
@@ -222,7 +227,7 @@ def test_expired_requests_are_skipped_and_counted(
         5,
         "the counts in the heartbeat",
     )
-    time.sleep(1.2)  # and one more: nothing else comes
+    fresh_heartbeats(r, keys)  # and one more: nothing else comes
     assert texts_count() == texts_before + 1  # only the fresh text was encoded
     assert expired_count() == expired_before + 3
     assert all(not r.exists(keys.reply(s.id)) for s in stale)

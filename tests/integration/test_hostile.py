@@ -25,10 +25,13 @@ from embedq import EmbeddingClient, EmbeddingError, EmbeddingTimeout, EmbedqErro
 from embedq.protocol import Keys, new_request_id
 from embedq.workers import live_workers
 from tests.support.fake_encoder import fake_vector
+from tests.support.heartbeats import fresh_heartbeats
 from tests.support.requests import make_request, now_ms
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, wait_until
 
 from .conftest import InProcess, cosines
+
+pytestmark = pytest.mark.slow
 
 FAKE = {"EMBED_ENCODER": "tests.support.fake_encoder:build", "EMBED_TEST_DIM": "8"}
 
@@ -193,7 +196,7 @@ def test_a_worker_whose_clock_is_ahead_drops_nothing(server: RedisServer, tmp_pa
         with ThreadPoolExecutor(10) as pool:
             results = list(pool.map(lambda i: client.embed_query(f"요청 {i}"), range(300)))
         assert len(results) == 300
-        time.sleep(1.0)  # a fresh heartbeat from each
+        fresh_heartbeats(server.client(), Keys(queue), workers=2)
         counts = {w: info.counts for w, info in live_workers(server.client(), Keys(queue)).items()}
         assert counts["ahead"].get("ok", 0) > 0, counts  # the skewed worker did serve
         clock = subprocess.run(

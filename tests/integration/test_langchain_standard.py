@@ -3,7 +3,6 @@ obvious spelling of its options, against a real worker and the real model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
@@ -16,10 +15,9 @@ unit = pytest.importorskip("langchain_tests.unit_tests")
 
 
 @pytest.fixture(scope="module")
-def langchain_worker(redis_server: RedisServer) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(redis_server.url, "it-langchain:requests")
-    yield worker
-    assert worker.terminate() == 0, worker.log()
+def langchain_worker(default_worker: WorkerProcess) -> WorkerProcess:
+    """The session's default worker (the bundled model, every setting at its default)."""
+    return default_worker
 
 
 @pytest.fixture(autouse=True)

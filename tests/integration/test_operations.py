@@ -17,6 +17,8 @@ from embedq.protocol import Keys
 from tests.support.requests import make_request
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, free_port, wait_until
 
+pytestmark = pytest.mark.slow
+
 QUEUE = "ops:requests"
 DELAY = 2.5
 SLOW = {"EMBED_ENCODER": "tests.support.faulty_encoder:build", "EMBED_TEST_ENCODE_DELAY": str(DELAY)}

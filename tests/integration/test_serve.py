@@ -21,6 +21,8 @@ from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_mode
 
 from .conftest import RECORD_QUERIES, InProcess, cosines
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def serve_worker(redis_server: RedisServer) -> Iterator[WorkerProcess]:

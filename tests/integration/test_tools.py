@@ -9,7 +9,9 @@ import pytest
 
 from tests.support.servers import embedq
 
-from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES
+from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES, export_model
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.slow
@@ -29,6 +31,28 @@ def test_eval_queue_path_ranks_like_in_process(tmp_path: Path) -> None:
     ]
     assert len(table) == 2
     assert table[0].split("|")[3:] == table[1].split("|")[3:]  # same metrics on both paths
+
+
+@pytest.mark.slow
+def test_eval_compares_backends_and_int8_on_the_same_queries(tmp_path: Path, exported: Path) -> None:
+    """onnx and openvino must rank exactly as in-process torch; int8 is reported beside fp32."""
+    int8 = export_model(tmp_path / "int8", "--quantize", "int8")
+    pairs = tmp_path / "pairs.jsonl"
+    docs = [RECORD_LONG_TEXT, "Gangnam pasta place, open at 11.", "A vegan bakery closed on Mondays."]
+    rows = [{"query": q, "passage": docs[i % 3]} for i, q in enumerate(RECORD_QUERIES)]
+    pairs.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    result = embedq(
+        "eval", str(pairs), "--backend", "onnx", "--backend", "openvino",
+        "--export", str(exported), "--quantized", str(int8),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for label in ("onnx", "openvino"):
+        assert f"queue {label} vs in-process torch: top-10 identical for 5/5 queries" in result.stdout
+    assert "queue onnx-int8 vs in-process torch" in result.stdout and "differs by design" in result.stdout
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in table[1:]] == [
+        "in-process torch", "queue onnx", "queue openvino", "queue onnx-int8",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
