@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import redis
 
-from .cache import DEFAULT_KINDS, CacheLookup
+from .cache import DEFAULT_KINDS, CacheLookup, check_kinds
 from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
 from .clock import RedisClock
 from .connection import producer_options
@@ -42,13 +42,14 @@ REDIS_OPTIONS = _redis_option_names()
 """Keyword options redis-py's client and connections take: anything else is a typo."""
 
 
-def check_redis_options(owner: str, options: dict[str, Any]) -> None:
-    """``TypeError`` naming the accepted options if ``options`` holds one redis-py does not take."""
+def check_redis_options(owner: str, options: dict[str, Any], takes: Sequence[str] = CLIENT_OPTIONS) -> None:
+    """``TypeError`` naming the accepted options (``takes``, then redis-py's) if ``options``
+    holds one redis-py does not take."""
     unknown = sorted(set(options) - REDIS_OPTIONS)
     if unknown:
         raise TypeError(
             f"{owner} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it takes "
-            f"{', '.join(CLIENT_OPTIONS)} and redis-py connection options "
+            f"{', '.join(takes)} and redis-py connection options "
             "(socket_timeout, password, ssl_ca_certs, ...)"
         )
 
@@ -94,7 +95,8 @@ class ClientBase:
         self.clock = RedisClock()
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self._where = describe(client.connection_pool.connection_kwargs)
-        self.cache = None if cache is None else CacheLookup(cache, self.keys, kinds=cache_kinds)
+        kinds = check_kinds(cache_kinds)  # a typo is an error now, with or without a cache
+        self.cache = None if cache is None else CacheLookup(cache, self.keys, kinds=kinds)
         """The query cache's reader (``cache_url``), or None: every text goes through the queue."""
 
     @classmethod

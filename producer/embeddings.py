@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .aio import AsyncEmbeddingClient
-from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, check_redis_options
+from .base import (
+    CLIENT_OPTIONS,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_TIMEOUT,
+    check_redis_options,
+)
 from .cache import DEFAULT_KINDS
 from .client import EmbeddingClient
 from .protocol import DEFAULT_QUEUE
@@ -48,7 +54,9 @@ class EmbedqEmbeddings(_Base):
         if url is not None and redis_url is not None and url != redis_url:
             raise TypeError("EmbedqEmbeddings got both url and redis_url: pass one")
         url = url or redis_url or "redis://localhost:6379/0"
-        check_redis_options("EmbedqEmbeddings", redis_options)
+        check_redis_options(
+            "EmbedqEmbeddings", redis_options, takes=("url", "redis_url", *CLIENT_OPTIONS, "truncate")
+        )
         if truncate is not None and not isinstance(truncate, bool):
             raise TypeError(f"truncate must be True, False or None, got {truncate!r}")
         self.truncate = truncate

@@ -546,9 +546,9 @@ def run(plan: Plan, model: str, texts: Texts, *, log: Callable[[str], None] = pr
 
 ROUNDS = 8
 OMP_QUIET_S = 0.25
-"""Pause after an in-process torch encode before timing a request through the queue: torch's
-OpenMP threads keep spinning on both cores for KMP_BLOCKTIME (200 ms) after each encode, and
-would slow the Redis round trips being timed (seen: a cache hit at 5.4 ms instead of 0.3 ms)."""
+"""Pause before timing a variant's requests: after an encode, torch's OpenMP threads (in this
+process, or in a torch worker) keep spinning on both cores for KMP_BLOCKTIME (200 ms), and would
+slow whatever is timed next (seen: a cache hit at 5.4 ms instead of 0.3 ms right after one)."""
 """Target cells are measured in this many interleaved rounds, so slow drifts of a noisy machine
 hit every mode alike."""
 
@@ -563,9 +563,10 @@ def measure_targets(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """The targets at 2 threads with short texts, ``target_requests`` per cell, every variant
-    (policy, backend, cache) interleaved round by round; one request at idle is paired with one
-    in-process batch-1 encode right before it. The cache variant's texts repeat at
-    ``cache_hit_ratio``; its all-hits idle cell is the cached query's latency."""
+    (policy, backend, cache) interleaved round by round: each round times a block of in-process
+    batch-1 encodes, then a block of lone requests per variant, all with the same 5 ms gaps. The
+    cache variant's texts repeat at ``cache_hit_ratio``; its all-hits idle cell is the cached
+    query's latency."""
     n = plan.target_requests
     per_round = max(1, n // ROUNDS)
     enc.set_threads(2)
@@ -599,19 +600,22 @@ def measure_targets(
             add("inproc_bs8", measure_inproc(enc, texts, "short", 8, 1, per_round, 600, "inproc"))
             add("naive_c10", measure_inproc(enc, texts, "short", 1, 10, per_round, 600, "naive"))
             for name, client in clients.items():
+                time.sleep(OMP_QUIET_S)  # after the last encode, in this process or a torch worker
                 feed = feeds[name]
-                time.sleep(OMP_QUIET_S)
                 add(f"{name}_c10", measure_queue(client, feed, "short", 1, 10, per_round, 600, 2, name))
-            for name, client in clients.items():  # idle: alternate in-process and queue, one by one
-                feed = feeds[name]
+            for _ in range(per_round):  # idle: a block in-process, then a block per variant
+                add("inproc_bs1", measure_inproc(enc, texts, "short", 1, 1, 1, 600, "inproc"))
+                time.sleep(0.005)
+            for name, client in clients.items():
+                time.sleep(OMP_QUIET_S)
                 for _ in range(per_round):
-                    add("inproc_bs1", measure_inproc(enc, texts, "short", 1, 1, 1, 600, "inproc"))
-                    time.sleep(OMP_QUIET_S)
                     add(
                         f"{name}_idle",
-                        measure_queue(client, feed, "short", 1, 1, 1, 600, 2, name, pause_s=0.005),
+                        measure_queue(client, feeds[name], "short", 1, 1, 1, 600, 2, name, pause_s=0.005),
                     )
-                    if chosen[name].cache:
+                if chosen[name].cache:  # hits at idle: after the worker's last encode has settled
+                    time.sleep(OMP_QUIET_S)
+                    for _ in range(per_round):
                         add(
                             f"{name}_hit",
                             measure_queue(client, hits_only, "short", 1, 1, 1, 600, 2, name, pause_s=0.005),
