@@ -274,11 +274,11 @@ def steady_window(done_at: Sequence[float]) -> tuple[int, float]:
 
 
 def closed_loop(
-    call: Callable[[], None], concurrency: int, requests: int, max_seconds: float
+    call: Callable[[], None], concurrency: int, requests: int, max_seconds: float, pause_s: float = 0.0
 ) -> tuple[list[float], float, list[float]]:
-    """``concurrency`` threads each calling ``call`` back to back until ``requests`` calls are done
-    or ``max_seconds`` passed; returns each call's latency (ms), the wall time, and each call's
-    completion time (perf_counter)."""
+    """``concurrency`` threads each calling ``call`` back to back (or ``pause_s`` apart, untimed)
+    until ``requests`` calls are done or ``max_seconds`` passed; returns each call's latency (ms),
+    the wall time, and each call's completion time (perf_counter)."""
     done_at: list[float] = []
     latencies: list[float] = []
     lock = threading.Lock()
@@ -297,6 +297,8 @@ def closed_loop(
             with lock:
                 latencies.append((finished - started) * 1000)
                 done_at.append(finished)
+            if pause_s:
+                time.sleep(pause_s)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -376,10 +378,9 @@ def measure_queue(
 
     def one() -> None:
         client.embed(texts.take(length, batch))
-        if pause_s:
-            time.sleep(pause_s)  # let the worker go idle between lone requests
 
-    latencies, elapsed, done_at = closed_loop(one, concurrency, requests, max_seconds)
+    # pause_s: the worker goes idle between lone requests (the pause is not timed)
+    latencies, elapsed, done_at = closed_loop(one, concurrency, requests, max_seconds, pause_s)
     if pause_s:  # throughput of the requests, not of the pauses
         elapsed -= pause_s * len(latencies)
         done_at = []
