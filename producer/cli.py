@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of repeated texts in the query-cache variant, 0..1 (default 0.5; 0: no cache variant)",
     )
-    bench.add_argument("--quick", action="store_true", help="a small preset: under 2 minutes on 2 cores")
+    bench.add_argument("--quick", action="store_true", help="a small preset: about 4 minutes on 2 cores")
     bench.add_argument(
         "--out",
         type=Path,

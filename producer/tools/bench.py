@@ -135,7 +135,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        """Under two minutes on a 2-core machine with the bundled model."""
+        """About four minutes on a 2-core machine with the bundled model (with the onnx export)."""
         return cls(
             threads=(2,),
             batches=(1, 8),

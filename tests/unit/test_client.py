@@ -149,9 +149,9 @@ def test_timeouts_must_be_positive_and_finite(server: fakeredis.FakeServer, time
 def test_misspelled_options_are_refused_at_construction() -> None:
     with pytest.raises(TypeError, match=r"'timout'.*takes queue, timeout, max_batch, max_queue"):
         EmbeddingClient.from_url("redis://localhost:1/0", timout=3)
-    with pytest.raises(TypeError, match="'redis_ur'.*takes url, redis_url, queue.*truncate"):
+    with pytest.raises(TypeError, match=r"'redis_ur'.*takes url, redis_url, queue.*truncate"):
         EmbedqEmbeddings(redis_ur="redis://localhost:1/0")
-    with pytest.raises(ValueError, match="cache kinds.*'questions'"):  # even without a cache_url
+    with pytest.raises(ValueError, match=r"cache kinds.*'questions'"):  # even without a cache_url
         EmbedqEmbeddings("redis://localhost:1/0", cache_kinds=["questions"])
     with pytest.raises(TypeError, match=r"use EmbeddingClient.from_url\('redis://localhost:1/0'\)"):
         EmbeddingClient("redis://localhost:1/0")  # type: ignore[arg-type]
