@@ -24,10 +24,9 @@ CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue", "cache_url", "ca
 """The options of every producer client, besides the Redis connection's."""
 
 
-def connection_options(timeout: float) -> dict[str, Any]:
-    """redis-py options under which a dead peer or a dropped connection cannot hang a call
-    (``connection.producer_options``)."""
-    return producer_options(timeout)
+connection_options = producer_options
+"""redis-py options under which a dead peer or a dropped connection cannot hang a call (the
+name this module exported before ``connection`` held them)."""
 
 
 def _redis_option_names() -> frozenset[str]:

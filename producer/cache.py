@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .protocol import KINDS, CacheEntry, Heartbeat, Keys
+from .workers import heartbeat_values, heartbeat_values_async
 
 log = logging.getLogger("embedq.cache")
 
@@ -86,7 +87,8 @@ class CacheLookup:
         self.misses = 0
         self.errors = 0
         self._warned_at = -1e9
-        self._unflushed = {"hits": 0, "misses": 0}
+        self._flushed = {"hits": 0, "misses": 0}
+        """The counts already added to the shared stats hash."""
 
     def stale(self) -> bool:
         """True when the fingerprint should be read again from the heartbeats."""
@@ -129,14 +131,13 @@ class CacheLookup:
                 hits.tokens[i] = entry.tokens
         self.hits += len(hits)
         self.misses += len(texts) - len(hits)
-        self._unflushed["hits"] += len(hits)
-        self._unflushed["misses"] += len(texts) - len(hits)
         return hits
 
     def take_unflushed(self) -> dict[str, int]:
-        """Hits and misses not yet added to the shared stats hash (and forget them)."""
-        out = {k: v for k, v in self._unflushed.items() if v}
-        self._unflushed = {"hits": 0, "misses": 0}
+        """Hits and misses not yet added to the shared stats hash (and count them as added)."""
+        now = {"hits": self.hits, "misses": self.misses}
+        out = {k: v - self._flushed[k] for k, v in now.items() if v > self._flushed[k]}
+        self._flushed = now
         return out
 
     def failed(self, exc: Exception) -> None:
@@ -151,8 +152,7 @@ class CacheLookup:
         """Cached vectors for ``texts`` (sync clients)."""
         try:
             if self.stale():
-                ids = queue_redis.smembers(self.keys.workers)
-                self.learn(queue_redis.mget([self.keys.heartbeat(_text(i)) for i in ids]) if ids else [])
+                self.learn(heartbeat_values(queue_redis, self.keys)[1])
                 self.flush()
             planned = self.plan(kind, texts)
             if planned is None:
@@ -167,9 +167,7 @@ class CacheLookup:
         """Cached vectors for ``texts`` (asyncio clients)."""
         try:
             if self.stale():
-                ids = await queue_redis.smembers(self.keys.workers)
-                beats = await queue_redis.mget([self.keys.heartbeat(_text(i)) for i in ids]) if ids else []
-                self.learn(beats)
+                self.learn((await heartbeat_values_async(queue_redis, self.keys))[1])
                 await self.aflush()
             planned = self.plan(kind, texts)
             if planned is None:
@@ -180,22 +178,26 @@ class CacheLookup:
             self.failed(exc)
             return Hits()
 
+    def _stats_pipeline(self) -> Any:
+        """A pipeline adding the new hits and misses to the shared stats hash, or None."""
+        counts = self.take_unflushed()
+        if not counts:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for name, n in counts.items():
+            pipe.hincrby(self.keys.cache_stats, name, n)
+        return pipe
+
     def flush(self) -> None:
         """Add this client's new hits and misses to the shared stats hash (sync clients)."""
-        counts = self.take_unflushed()
-        if counts:
-            pipe = self.redis.pipeline(transaction=False)
-            for name, n in counts.items():
-                pipe.hincrby(self.keys.cache_stats, name, n)
+        pipe = self._stats_pipeline()
+        if pipe is not None:
             pipe.execute()
 
     async def aflush(self) -> None:
         """Add this client's new hits and misses to the shared stats hash (asyncio clients)."""
-        counts = self.take_unflushed()
-        if counts:
-            pipe = self.redis.pipeline(transaction=False)
-            for name, n in counts.items():
-                pipe.hincrby(self.keys.cache_stats, name, n)
+        pipe = self._stats_pipeline()
+        if pipe is not None:
             await pipe.execute()
 
     def stats(self) -> dict[str, float]:
@@ -207,7 +209,3 @@ class CacheLookup:
             "hit_ratio": round(self.hits / total, 4) if total else 0.0,
             "errors": self.errors,
         }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

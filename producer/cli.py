@@ -228,22 +228,27 @@ def _queue_paths(
     ns: argparse.Namespace, model: str, backends: list[str]
 ) -> list[tuple[str, dict[str, str], bool]]:
     """(label, worker environment, must it rank exactly as in-process torch) for each queue path
-    asked for: a worker to start on a local Redis."""
+    asked for: a worker to start on a local Redis, or with ``--redis-url`` the workers already
+    running there (one path, whatever they serve)."""
+    if ns.redis_url:
+        return [("(" + ns.queue + ")", {}, True)]
     export = ns.export
-    if export is None and any(b != "torch" for b in backends) and not ns.redis_url:
+    if export is None and any(b != "torch" for b in backends):
         from .tools.bench import make_export
 
         export = make_export(model, lambda line: print(line, flush=True))
-    paths: list[tuple[str, dict[str, str], bool]] = []
-    for backend in backends:
-        if backend == "torch":
-            paths.append(("torch", {"EMBEDDING_MODEL": model}, True))
-        else:
-            paths.append((backend, {"EMBEDDING_MODEL": str(export), "EMBED_BACKEND": backend}, True))
+    paths = [
+        (
+            b,
+            {"EMBEDDING_MODEL": model}
+            if b == "torch"
+            else {"EMBEDDING_MODEL": str(export), "EMBED_BACKEND": b},
+            True,
+        )
+        for b in backends
+    ]
     if ns.quantized:
         paths.append(("onnx-int8", {"EMBEDDING_MODEL": ns.quantized, "EMBED_BACKEND": "onnx"}, False))
-    if ns.redis_url:  # the workers already running there: one path, whatever they serve
-        return [("(" + ns.queue + ")", {}, True)]
     return paths
 
 

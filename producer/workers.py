@@ -32,25 +32,35 @@ def read_policy(client: redis.Redis) -> str | None:
     return str(policy) if policy is not None else None
 
 
+def _sorted_ids(members: Any) -> list[str]:
+    return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+
 def _ids(client: Any, keys: Keys) -> list[str]:
-    return sorted(m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.workers))
+    return _sorted_ids(client.smembers(keys.workers))
+
+
+def heartbeat_values(client: Any, keys: Keys) -> tuple[list[str], list[Any]]:
+    """Registered worker ids and their raw heartbeat values (None where expired): two round trips."""
+    ids = _ids(client, keys)
+    return ids, client.mget([keys.heartbeat(i) for i in ids]) if ids else []
+
+
+async def heartbeat_values_async(client: Any, keys: Keys) -> tuple[list[str], list[Any]]:
+    """``heartbeat_values`` for an asyncio client."""
+    ids = _sorted_ids(await client.smembers(keys.workers))
+    return ids, await client.mget([keys.heartbeat(i) for i in ids]) if ids else []
 
 
 def live_workers(client: Any, keys: Keys) -> dict[str, Heartbeat]:
     """Every registered worker whose heartbeat is fresh, with what it reported (an unreadable
     heartbeat still counts as live: it exists and has not expired)."""
-    ids = _ids(client, keys)
-    if not ids:
-        return {}
-    return parse_heartbeats(ids, client.mget([keys.heartbeat(i) for i in ids]))
+    return parse_heartbeats(*heartbeat_values(client, keys))
 
 
 async def live_workers_async(client: Any, keys: Keys) -> dict[str, Heartbeat]:
     """``live_workers`` for an asyncio client."""
-    ids = sorted(m.decode() if isinstance(m, bytes) else m for m in await client.smembers(keys.workers))
-    if not ids:
-        return {}
-    return parse_heartbeats(ids, await client.mget([keys.heartbeat(i) for i in ids]))
+    return parse_heartbeats(*await heartbeat_values_async(client, keys))
 
 
 def parse_heartbeats(ids: list[str], values: list[Any]) -> dict[str, Heartbeat]:

@@ -536,7 +536,7 @@ class Worker:
                 digest=request.digest,
             )
             out.reply(reply, "ok", request.deadline_ms)
-            if self.cache is not None:
+            if self.cache is not None and request.kind in self.cache.kinds:
                 cut = set(reply.truncated)
                 counts = reply.tokens or (0,) * len(request.texts)
                 out.cacheable.extend(
