@@ -27,19 +27,13 @@ import numpy as np
 
 from embedq import EmbeddingClient
 from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path
+from embedq.tools.record import RECORD_LONG_TEXT, RECORD_QUERIES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = [
-    "연남 카페 추천해줘",
-    "강남역 맛집 어디야?",
-    "비건 베이커리 있나요?",
-    "여의도 회식 장소 추천",
-    "파스타 맛있는 데 알려줘",
-]
-LONG = (
-    "이 매장은 브런치와 스페셜티 커피를 함께 제공하며, 평일 오후에 방문객이 많고 주차 공간이 협소합니다. " * 8
-)
+SHORT = RECORD_QUERIES
+LONG = RECORD_LONG_TEXT * 3
+"""About 450 characters: a long passage built from the design record's store description."""
 
 
 def timed(fn: Callable[[], object], n: int) -> float:

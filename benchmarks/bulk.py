@@ -38,9 +38,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedq import EmbeddingClient
 from embedq.bulk import BulkOptions, run_bulk
-from embedq.tools.bench import InProcess, closed_loop, machine_facts, percentile
+from embedq.stats import percentile
+from embedq.tools.bench import closed_loop, machine_facts
 from embedq.tools.corpus import find_korquad, korquad_documents, write_jsonl
 from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path
+from embedq.tools.reference import ReferenceModel
 
 QUEUE = "bench-bulk:requests"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -109,8 +111,7 @@ def main() -> int:
         env = {"EMBEDDING_MODEL": export, "EMBED_BACKEND": args.backend}
     server = RedisServer()
     worker = WorkerProcess(server.url, QUEUE, env)
-    local = InProcess(model)
-    local.set_threads(2)
+    local = ReferenceModel(model, threads=2)
     client = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=120)
     result: dict[str, Any] = {
         "machine": machine_facts(),
@@ -120,11 +121,11 @@ def main() -> int:
     }
     try:
         print(f"{len(docs)} KorQuAD documents ({statistics.fmean(map(len, texts)):.0f} chars on average)")
-        local.model.encode(texts[:64], batch_size=8)  # warm up
+        local.encode(texts[:64], batch_size=8)  # warm up
         inproc_s, bulk_s, busy_s, ratios = [], [], [], []
         for n in range(args.rounds):
             started = time.perf_counter()
-            local.model.encode(texts, batch_size=8, normalize_embeddings=True, prompt="")
+            local.encode(texts, batch_size=8)
             inproc_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             summary = run_bulk(source, tmp / f"out-{n}", BulkOptions(queue=QUEUE), server.client())

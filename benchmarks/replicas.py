@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedq import EmbeddingClient
-from embedq.tools.bench import LONG_TEXT, SHORT_TEXTS, Cell, Texts, machine_facts, measure_queue
+from embedq.tools.bench import LONG_TEXT, SHORT_TEXTS, Cell, Load, Texts, machine_facts, measure_queue
 from embedq.tools.local import RedisServer, WorkerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,9 +53,8 @@ def main() -> int:
                 ]
                 client = EmbeddingClient.from_url(server.url, queue=queue, timeout=120)
                 try:
-                    cell = measure_queue(
-                        client, texts, "short", 1, args.concurrency, args.requests, 600, threads, "adaptive"
-                    )
+                    load = Load("short", 1, args.concurrency, args.requests)
+                    cell = measure_queue(client, texts, load, threads=threads, policy="adaptive")
                 finally:
                     for w in workers:
                         w.terminate()

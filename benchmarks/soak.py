@@ -22,14 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedq import EmbeddingClient
 from embedq.tools.local import RedisServer, WorkerProcess
-
-QUERIES = [
-    "연남 카페 추천해줘",
-    "강남역 맛집 어디야?",
-    "비건 베이커리 있나요?",
-    "여의도 회식 장소 추천",
-    "파스타 맛있는 데 알려줘",
-]
+from embedq.tools.record import RECORD_QUERIES as QUERIES
 
 
 def rss_kib(pid: int) -> int:

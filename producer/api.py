@@ -11,7 +11,6 @@ One ``AsyncEmbeddingClient`` per process.
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,7 +25,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import defaults
 from .aio import AsyncEmbeddingClient
+from .defaults import setting
 from .errors import (
     EmbeddingConnectionError,
     EmbeddingError,
@@ -35,7 +36,7 @@ from .errors import (
     InvalidInput,
     QueueFull,
 )
-from .protocol import DEFAULT_QUEUE, KINDS, Heartbeat
+from .protocol import KINDS, Heartbeat
 from .workers import live_workers_async
 
 MODELS_TTL_S = 1.0
@@ -46,34 +47,35 @@ MODELS_TTL_S = 1.0
 class ApiSettings:
     """The front door's settings: environment variables, then ``embedq serve`` flags."""
 
-    redis_url: str = "redis://localhost:6379/0"
-    queue: str = DEFAULT_QUEUE
-    timeout: float = 5.0
-    kind: str = "query"
+    redis_url: str = defaults.REDIS_URL
+    queue: str = defaults.QUEUE
+    timeout: float = defaults.TIMEOUT_S
+    kind: str = defaults.API_KIND
     """The kind of an OpenAI request's texts unless it says ``"embedq_kind"``."""
-    max_inputs: int = 2048
-    max_text_chars: int = 8192
-    max_body_bytes: int = 0
+    max_inputs: int = defaults.API_MAX_INPUTS
+    max_text_chars: int = defaults.MAX_TEXT_CHARS
+    max_body_bytes: int = defaults.API_MAX_BODY_BYTES
     """0: enough for ``max_inputs`` texts of ``max_text_chars`` characters as JSON."""
     cache_url: str | None = None
     """The query cache's Redis (the workers' ``EMBED_CACHE_URL``): repeats answered from it."""
 
     @property
     def body_cap(self) -> int:
+        """The largest request body read (``max_body_bytes``, or what the largest valid one needs)."""
         return self.max_body_bytes or self.max_inputs * (self.max_text_chars * 6 + 8) + 65536
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ApiSettings:
-        env = os.environ
+        """Settings from the environment (``embedq.defaults.ENV``), ``overrides`` (flags) on top."""
         values: dict[str, Any] = {
-            "redis_url": env.get("REDIS_URL", cls.redis_url),
-            "queue": env.get("EMBED_QUEUE", cls.queue),
-            "timeout": float(env.get("EMBED_TIMEOUT", cls.timeout)),
-            "kind": env.get("EMBED_API_KIND", cls.kind),
-            "max_inputs": int(env.get("EMBED_API_MAX_INPUTS", cls.max_inputs)),
-            "max_text_chars": int(env.get("EMBED_MAX_TEXT_CHARS", cls.max_text_chars)),
-            "max_body_bytes": int(env.get("EMBED_API_MAX_BODY_BYTES", cls.max_body_bytes)),
-            "cache_url": env.get("EMBED_CACHE_URL") or None,
+            "redis_url": setting("redis_url"),
+            "queue": setting("queue"),
+            "timeout": setting("timeout"),
+            "kind": setting("api_kind"),
+            "max_inputs": setting("api_max_inputs"),
+            "max_text_chars": setting("max_text_chars"),
+            "max_body_bytes": setting("api_max_body_bytes"),
+            "cache_url": setting("cache_url"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["kind"] not in KINDS:

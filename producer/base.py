@@ -8,17 +8,16 @@ from typing import Any, ClassVar
 
 import redis
 
+from . import defaults
 from .cache import DEFAULT_KINDS, CacheLookup, check_kinds
 from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
 from .clock import RedisClock
 from .connection import producer_options
 from .protocol import DEFAULT_QUEUE, Keys
 
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_QUEUE = 10_000
-CACHE_SOCKET_TIMEOUT = 0.5
-"""A cache lookup that takes longer than this gives up and goes through the queue."""
+DEFAULT_TIMEOUT = defaults.TIMEOUT_S
+DEFAULT_MAX_BATCH = defaults.MAX_BATCH
+DEFAULT_MAX_QUEUE = defaults.MAX_QUEUE
 
 CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue", "cache_url", "cache_kinds")
 """The options of every producer client, besides the Redis connection's."""
@@ -101,7 +100,7 @@ class ClientBase:
     @classmethod
     def from_url(
         cls,
-        url: str = "redis://localhost:6379/0",
+        url: str = defaults.REDIS_URL,
         *,
         queue: str = DEFAULT_QUEUE,
         timeout: float = DEFAULT_TIMEOUT,
@@ -117,7 +116,9 @@ class ClientBase:
         options = {**connection_options(check_timeout(timeout)), **redis_options}
         cache = None
         if cache_url:
-            cache = cls.redis_class.from_url(cache_url, **{**options, "socket_timeout": CACHE_SOCKET_TIMEOUT})
+            cache = cls.redis_class.from_url(
+                cache_url, **{**options, "socket_timeout": defaults.CACHE_SOCKET_TIMEOUT_S}
+            )
         return cls(
             cls.redis_class.from_url(url, **options),
             queue=queue,

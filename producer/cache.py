@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import defaults
 from .protocol import KINDS, CacheEntry, Heartbeat, Keys
 from .workers import heartbeat_values, heartbeat_values_async
 
@@ -28,7 +29,7 @@ REFRESH_S = 2.0
 """How long a producer trusts the fingerprint it read from the heartbeats."""
 WARN_EVERY_S = 30.0
 """A failing cache is logged at most this often."""
-DEFAULT_KINDS = ("query",)
+DEFAULT_KINDS = defaults.CACHE_KINDS
 """What is cached by default: the chatbot's questions, which repeat; documents mostly do not."""
 
 

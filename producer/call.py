@@ -1,8 +1,9 @@
 """One embedding call's bookkeeping, shared by the sync and asyncio clients.
 
 A call is one or more requests (texts split by max-batch). The clients only do I/O: push
-``payloads()`` (all of them, or a window at a time), then pop from ``pending_keys()`` until
-``done``; this class checks each reply and puts the vectors back in input order. ``timeout``
+``payloads()`` (all of them, or a window at a time: each request is built when it is sent),
+then pop from ``pending_keys()`` until ``done``; this class checks each reply and puts the
+vectors back in input order. ``timeout``
 bounds how long the call may go without progress: each request's deadline is ``timeout`` after
 it is sent, and every reply restarts the clock, so a call of any length works at the default
 timeout as long as the workers keep answering it.
@@ -14,11 +15,11 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 import numpy as np
 import redis.exceptions
 
+from . import defaults
 from .cache import Hits
 from .errors import (
     EmbeddingConnectionError,
@@ -28,7 +29,7 @@ from .errors import (
     InvalidInput,
     QueueFull,
 )
-from .protocol import KINDS, Keys, Reply, build_requests, shorten, unpack_reply
+from .protocol import KINDS, WAKE_TOKENS_MAX, Keys, Reply, Request, shorten, split, unpack_reply
 
 MIN_WAIT = 0.001
 """Below this many seconds left a call counts as timed out (BLPOP's 0 would mean 'forever')."""
@@ -39,14 +40,13 @@ local limit = tonumber(ARGV[1])
 if limit > 0 and depth >= limit then return -1 - depth end
 local n = redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
 redis.call('RPUSH', KEYS[2], 1)
-redis.call('LTRIM', KEYS[2], -64, -1)
+redis.call('LTRIM', KEYS[2], -WAKE_MAX, -1)
 return n
-"""
+""".replace("WAKE_MAX", str(WAKE_TOKENS_MAX))
 """RPUSH onto the request list (KEYS[1]) unless it already holds ``limit`` requests (then
 -1 - depth), and leave a token on the wake list (KEYS[2]) for an idle worker: one round trip."""
-PUSH_SLICE = 1000
-"""Payloads per script call (Lua's unpack has a stack limit)."""
-WINDOW = 32
+PUSH_SLICE = defaults.PUSH_SLICE
+WINDOW = defaults.WINDOW
 """Requests of one call queued or being encoded at once (``embed`` streams the rest as replies
 come): a 5,000-text call neither floods the queue nor expires while it waits its turn."""
 
@@ -94,7 +94,12 @@ def check_timeout(timeout: float) -> float:
 
 
 class Call:
-    """The requests of one embedding call and the replies gathered so far."""
+    """The requests of one embedding call and the replies gathered so far.
+
+    The texts are planned into chunks of at most ``max_batch`` at once; each chunk becomes a
+    ``Request`` only when it is sent (``payloads``), stamped then on the Redis clock, so a
+    request is built exactly once, with the deadline it travels with.
+    """
 
     def __init__(
         self,
@@ -117,70 +122,75 @@ class Call:
         self.started = time.monotonic()
         self.progress_at = self.started
         """When the call last made progress (sent, or got a reply): its timeout counts from here."""
-        self.sent = 0
-        """Requests pushed so far (they go in order)."""
         self.cached = Hits()
         """Texts the query cache answered (by index into ``texts``): they are never sent."""
-        self.todo = list(range(len(self.texts)))
-        """Indexes of the texts that go through the queue, in order."""
-        self._plan()
+        self.requests: list[Request] = []
+        """The requests sent so far, in order (built when sent)."""
+        self.replies: list[Reply | None] = []
+        """Each sent request's reply once answered: timings, batch size and worker, for monitoring."""
+        self._slot: dict[str, int] = {}
+        self._plan(range(len(self.texts)))
 
-    def _plan(self) -> None:
-        self.requests = build_requests(
-            [self.texts[i] for i in self.todo],
-            self.kind,
-            max_batch=self.max_batch,
-            timeout=self.timeout,
-            now_ms=0,
-            truncate=self.truncate,
-        )
-        """The requests, not yet stamped: ``payloads`` stamps them on the Redis clock."""
-        self._slot = {self.keys.reply(r.id): i for i, r in enumerate(self.requests)}
-        self.replies: list[Reply | None] = [None] * len(self.requests)
-        """Each request's reply once answered: timings, batch size and worker, for monitoring."""
+    def _plan(self, todo: Sequence[int]) -> None:
+        self.chunks: list[list[int]] = split(list(todo), self.max_batch)
+        """Indexes into ``texts`` of each request to send, in order."""
 
     def use_cached(self, hits: Hits) -> None:
         """Take the query cache's answers before anything is sent: only the rest becomes requests."""
-        if self.sent:
+        if self.requests:
             raise RuntimeError("use_cached after sending")
         if not len(hits):
             return
         self.cached = hits
-        self.todo = [i for i in range(len(self.texts)) if i not in hits.vectors]
-        self._plan()
+        self._plan([i for i in range(len(self.texts)) if i not in hits.vectors])
+
+    @property
+    def sent(self) -> int:
+        """Requests pushed so far (they go in order)."""
+        return len(self.requests)
 
     def payloads(self, now_ms: int, limit: int | None = None) -> list[bytes]:
-        """The next requests not yet sent (all, or at most ``limit``), packed in input order for
-        one RPUSH, with their deadline stamped on the Redis clock (``now_ms``: Redis time now)."""
-        if self.sent == 0:
-            left = self.timeout - (time.monotonic() - self.started)
-        else:
-            left = self.timeout
+        """The next requests not yet sent (all, or at most ``limit``), built now and packed in
+        input order for one RPUSH. ``now_ms`` is Redis time now; each deadline is the time this
+        call may still wait: what is left of its timeout for the first send, the whole timeout
+        for later ones (each send is progress)."""
+        if self.requests:
             self.progress_at = time.monotonic()
-        left_ms = int(max(0.0, left) * 1000)
-        end = len(self.requests) if limit is None else min(len(self.requests), self.sent + limit)
-        batch = self.requests[self.sent : end]
-        self.sent = end
-        return [replace(r, deadline_ms=now_ms + left_ms, sent_ms=now_ms).pack() for r in batch]
+        left = self.timeout - (time.monotonic() - self.progress_at)
+        end = len(self.chunks) if limit is None else min(len(self.chunks), self.sent + limit)
+        out = []
+        for chunk in self.chunks[self.sent : end]:
+            request = Request.new(
+                self.kind,
+                [self.texts[i] for i in chunk],
+                now_ms=now_ms,
+                timeout_s=left,
+                truncate=self.truncate,
+            )
+            self._slot[self.keys.reply(request.id)] = len(self.requests)
+            self.requests.append(request)
+            self.replies.append(None)
+            out.append(request.pack())
+        return out
 
     @property
     def unsent(self) -> int:
         """Requests not yet pushed."""
-        return len(self.requests) - self.sent
+        return len(self.chunks) - self.sent
 
     @property
     def in_flight(self) -> int:
         """Requests pushed and not yet answered."""
-        return sum(1 for r in self.replies[: self.sent] if r is None)
+        return sum(1 for r in self.replies if r is None)
 
     def pending_keys(self) -> list[str]:
         """Reply keys of sent requests still unanswered."""
-        return [k for k, i in self._slot.items() if i < self.sent and self.replies[i] is None]
+        return [k for k, i in self._slot.items() if self.replies[i] is None]
 
     @property
     def done(self) -> bool:
         """True once every request has its vectors."""
-        return all(r is not None for r in self.replies)
+        return not self.unsent and all(r is not None for r in self.replies)
 
     def remaining(self) -> float:
         """Seconds left before the call's timeout (since its last progress); raises
@@ -191,7 +201,7 @@ class Call:
             reason = ""
             if answered:
                 reason = (
-                    f"{answered} of {len(self.requests)} requests were answered, then none for "
+                    f"{answered} of {len(self.chunks)} requests were answered, then none for "
                     f"{self.timeout:g}s: the workers stopped or fell behind (embedq status)"
                 )
             raise EmbeddingTimeout(
@@ -206,10 +216,11 @@ class Call:
         slot = self._slot.get(name)
         if slot is None:  # not ours: cannot happen with BLPOP on our own keys
             return
+        request = self.requests[slot]
         try:
             reply = unpack_reply(raw)
         except ValueError as exc:
-            raise EmbeddingError("bad_reply", str(exc), self.requests[slot].id) from None
+            raise EmbeddingError("bad_reply", str(exc), request.id) from None
         if not reply.ok:
             if reply.code == "deadline_exceeded":
                 raise EmbeddingTimeout(
@@ -219,7 +230,6 @@ class Call:
                     reason=f"a worker gave up on it: {reply.message}",
                 )
             raise EmbeddingError(reply.code or "error", reply.message or "", reply.id)
-        request = self.requests[slot]
         if reply.digest and reply.digest != request.digest:
             raise EmbeddingError(
                 "bad_reply",
@@ -249,9 +259,9 @@ class Call:
     def truncated(self) -> list[int]:
         """Indexes (into the call's texts) of the texts the worker cut to the model's window."""
         out: list[int] = []
-        for i, reply in enumerate(self.replies):
+        for chunk, reply in zip(self.chunks, self.replies, strict=False):
             if reply is not None:
-                out.extend(self.todo[i * self.max_batch + t] for t in reply.truncated)
+                out.extend(chunk[t] for t in reply.truncated)
         return out
 
     def result(self) -> np.ndarray:
@@ -269,7 +279,7 @@ class Call:
                 raise EmbeddingError(
                     "bad_reply", f"workers answered {sent.shape[1]} dims, the cache {dim}: a model change"
                 )
-            out[self.todo] = sent
+            out[[i for chunk in self.chunks for i in chunk]] = sent
         return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from embedq.extras import MissingExtra, require
 
-from .tools.bench import model_label as bench_model_label
+from .defaults import setting
 
 
 def _ints(value: str) -> tuple[int, ...]:
@@ -28,7 +28,7 @@ def default_model() -> str:
     """EMBEDDING_MODEL if set, else the bundled offline all-MiniLM-L6-v2."""
     from .tools.local import bundled_model_path
 
-    return os.environ.get("EMBEDDING_MODEL") or bundled_model_path()
+    return setting("model") or bundled_model_path()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--role", required=True, choices=("worker", "producer", "bulk"))
     acl.add_argument("--user", required=True, help="the Redis user name")
     acl.add_argument("--password", required=True, help="the user's password")
-    acl.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", "embed:requests"))
+    acl.add_argument("--queue", default=setting("queue"), help="the workers' queue (env EMBED_QUEUE)")
     acl.add_argument("--rq-prefix", default="rq:", help="RQ's key prefix, for the bulk role (default rq:)")
     acl.add_argument(
         "--format",
@@ -87,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     serve = sub.add_parser("serve", help="the OpenAI-compatible HTTP front door (needs embedq[api])")
-    serve.add_argument("--host", default=os.environ.get("EMBED_API_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("EMBED_API_PORT", "8000")))
+    serve.add_argument("--host", default=setting("api_host"), help="env EMBED_API_HOST (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=setting("api_port"), help="env EMBED_API_PORT (default 8000)"
+    )
     serve.add_argument("--redis-url", help="env REDIS_URL")
     serve.add_argument("--queue", help="env EMBED_QUEUE")
     serve.add_argument("--cache-url", help="env EMBED_CACHE_URL: the workers' query cache (default off)")
@@ -96,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kind", choices=("query", "passage"), help="env EMBED_API_KIND (default query)")
 
     st = sub.add_parser("status", help="queue depths, live workers, requests/s and p95 of the last minute")
-    st.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
-    st.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", "embed:requests"))
+    st.add_argument("--redis-url", default=setting("redis_url"), help="env REDIS_URL")
+    st.add_argument("--queue", default=setting("queue"), help="env EMBED_QUEUE")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
     ev = sub.add_parser("eval", help="Recall@1/5/10 and MRR@10, in-process and through the queue")
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--query-field", default="query")
     ev.add_argument("--passage-field", default="passage")
     ev.add_argument("--redis-url", help="use the workers on this Redis instead of starting a local one")
-    ev.add_argument("--queue", default="embed:requests", help="queue of those workers")
+    ev.add_argument("--queue", default=setting("queue"), help="queue of those workers (env EMBED_QUEUE)")
     ev.add_argument("--no-queue", action="store_true", help="in-process only")
     ev.add_argument("--tie-eps", type=float, default=1e-6, help="score gap under which a swap is a tie")
     ev.add_argument(
@@ -180,6 +182,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from .tools import evaluate as ev
+    from .tools.local import model_label
 
     pairs = ev.load_pairs(ns.data, query_field=ns.query_field, passage_field=ns.passage_field)
     data = ev.build_set(pairs, sample=ns.sample, seed=ns.seed)
@@ -190,20 +193,25 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     rows = []
     failed = False
     for n, model in enumerate(models):
+        name = model_label(model)
+        started = time.monotonic()
+        print(f"in-process {name}: encoding {len(data.queries) + len(data.corpus)} texts ...", flush=True)
         local = ev.InProcessEncoder(model, threads=2, **prefixes)
         q = local.encode(data.queries, "query")
         p = local.encode(data.corpus, "passage")
         top, scores = ev.rankings(q, p)
-        name = bench_model_label(model)
         rows.append(("in-process torch", name, ev.metrics(top, data.positives)))
         print(
-            f"in-process {name}: prefixes {local.encoder.prefixes} ({local.encoder.prefix_source})",
+            f"in-process {name}: done in {time.monotonic() - started:.0f} s; prefixes {local.prefixes} "
+            f"({local.prefix_source})",
             flush=True,
         )
         if n > 0 or ns.no_queue:
             continue
         paths = _queue_paths(ns, model, backends)
         for label, env, exact in paths:
+            started = time.monotonic()
+            print(f"queue {label}: encoding the same texts through the queue ...", flush=True)
             q2, p2 = _queue_vectors(ns, env, data, prefixes)
             top2, _ = ev.rankings(q2, p2)
             rows.append((f"queue {label}", name, ev.metrics(top2, data.positives)))
@@ -212,7 +220,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             print(
                 f"queue {label} vs in-process torch: top-10 identical for {agree['identical']}/"
                 f"{agree['queries']} queries ({agree['ties']} differ only within score ties < "
-                f"{ns.tie_eps:g}); lowest cosine {cos:.7f}"
+                f"{ns.tie_eps:g}); lowest cosine {cos:.7f}; {time.monotonic() - started:.0f} s"
                 + ("" if exact else " (int8: differs by design; re-embed the store to use it)"),
                 flush=True,
             )
@@ -285,10 +293,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
     import redis
 
     from .connection import connect
+    from .defaults import STATUS_TIMEOUT_S
     from .status import collect, render
 
     try:
-        client = connect(ns.redis_url, socket_timeout=5.0)
+        client = connect(ns.redis_url, socket_timeout=STATUS_TIMEOUT_S)
         report = collect(client, ns.queue)
     except redis.exceptions.RedisError as exc:
         print(f"embedq status: cannot read {ns.redis_url}: {exc}", file=sys.stderr)
@@ -300,7 +309,12 @@ def cmd_status(ns: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``embedq``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ns = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as exc:  # an environment variable that does not parse
+        print(f"embedq: {exc}", file=sys.stderr)
+        return 2
+    ns = parser.parse_args(argv)
     if ns.command in ("bench", "eval"):
         try:
             require("torch", "torch", "sentence_transformers", what=f"embedq {ns.command}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import defaults
 from .aio import AsyncEmbeddingClient
 from .base import (
     CLIENT_OPTIONS,
@@ -53,7 +54,7 @@ class EmbedqEmbeddings(_Base):
     ) -> None:
         if url is not None and redis_url is not None and url != redis_url:
             raise TypeError("EmbedqEmbeddings got both url and redis_url: pass one")
-        url = url or redis_url or "redis://localhost:6379/0"
+        url = url or redis_url or defaults.REDIS_URL
         check_redis_options(
             "EmbedqEmbeddings", redis_options, takes=("url", "redis_url", *CLIENT_OPTIONS, "truncate")
         )

@@ -17,11 +17,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from . import defaults
+
 PROTOCOL_VERSION = 2
 """Version carried in every request and reply (field ``v``). Version 2 measures deadlines on the
 Redis server's clock (``deadline_ms``), never on the producer's or the worker's."""
 
-DEFAULT_QUEUE = "embed:requests"
+DEFAULT_QUEUE = defaults.QUEUE
 """The request list producers RPUSH onto and workers take from the left."""
 
 KINDS = ("query", "passage")
@@ -33,9 +35,34 @@ ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")
 DTYPE = np.dtype("<f4")
 """Vectors travel as float32 little-endian bytes, row after row."""
 
+WAKE_TOKENS_MAX = 64
+"""The wake list is trimmed to this many tokens: enough to wake every idle worker of a fleet,
+never a list that grows with the queue. Every script and pipeline that pushes tokens uses it."""
+
+TOO_LARGE = (
+    "request is {size} bytes; this worker accepts at most {cap} (EMBED_MAX_REQUEST_BYTES): "
+    "send fewer or shorter texts"
+)
+"""The ``request_too_large`` message, filled in by Python (``too_large_message``) and by the
+worker's take script (which replaces ``{size}`` and ``{cap}`` itself)."""
+
+PEEK_BYTES = 4096
+"""How much of an oversized request is read to find its id (it is never decoded whole)."""
+
 ECHO_CHARS = 200
 """At most this much of any field a request carries is echoed into a reply, a dead letter or a
 log line: a 10 MB id must not become a 10 MB log."""
+
+
+def too_large_message(size: int, cap: int) -> str:
+    """The ``request_too_large`` message for a request of ``size`` bytes over ``cap``."""
+    return TOO_LARGE.format(size=size, cap=cap)
+
+
+def deadline_ms(now_ms: int, timeout_s: float) -> int:
+    """The Redis-clock deadline ``timeout_s`` seconds after ``now_ms``: the one place a deadline
+    is computed (clients, the bulk window and tests all stamp requests through ``Request.new``)."""
+    return now_ms + int(max(0.0, timeout_s) * 1000)
 
 
 def shorten(value: Any, limit: int = ECHO_CHARS) -> str:
@@ -163,6 +190,27 @@ class Request:
     truncate: bool | None = None
     version: int = PROTOCOL_VERSION
 
+    @classmethod
+    def new(
+        cls,
+        kind: str,
+        texts: Sequence[str],
+        *,
+        now_ms: int,
+        timeout_s: float,
+        truncate: bool | None = None,
+    ) -> Request:
+        """A fresh request sent at ``now_ms`` (Redis time) whose deadline is ``timeout_s`` later:
+        built once, when it is sent, by every producer (clients and the bulk job alike)."""
+        return cls(
+            id=new_request_id(),
+            kind=kind,
+            texts=list(texts),
+            deadline_ms=deadline_ms(now_ms, timeout_s),
+            sent_ms=now_ms,
+            truncate=truncate,
+        )
+
     def pack(self) -> bytes:
         """The msgpack map a producer RPUSHes onto the request queue (``id`` early, so that even
         a request whose texts cannot be decoded can be answered)."""
@@ -203,27 +251,22 @@ def build_requests(
     now_ms: int,
     truncate: bool | None = None,
 ) -> list[Request]:
-    """Split texts into requests of at most ``max_batch`` texts, all sharing one deadline
-    ``timeout`` seconds after ``now_ms`` (the Redis clock).
-
-    Splitting keeps one large call from filling a worker's batch by itself; the caller
-    reassembles the replies in this order.
-    """
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-    deadline_ms = now_ms + int(timeout * 1000)
+    """Split texts into requests of at most ``max_batch`` texts, all sent at ``now_ms`` (the Redis
+    clock) with one deadline ``timeout`` seconds later. The caller reassembles the replies in
+    this order."""
     items = list(texts)
     return [
-        Request(
-            id=new_request_id(),
-            kind=kind,
-            texts=items[i : i + max_batch],
-            deadline_ms=deadline_ms,
-            sent_ms=now_ms,
-            truncate=truncate,
-        )
-        for i in range(0, len(items), max_batch)
+        Request.new(kind, chunk, now_ms=now_ms, timeout_s=timeout, truncate=truncate)
+        for chunk in split(items, max_batch)
     ]
+
+
+def split(items: Sequence[Any], max_batch: int) -> list[list[Any]]:
+    """``items`` in consecutive chunks of at most ``max_batch``: one large call never fills a
+    worker's batch by itself."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    return [list(items[i : i + max_batch]) for i in range(0, len(items), max_batch)]
 
 
 def peek_id(raw: bytes) -> str | None:
@@ -311,10 +354,7 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
     """
     if len(raw) > limits.byte_cap:
         raise Rejected(
-            "request_too_large",
-            f"request is {len(raw)} bytes; this worker accepts at most {limits.byte_cap} "
-            "(EMBED_MAX_REQUEST_BYTES): send fewer or shorter texts",
-            peek_id(raw[:4096]),
+            "request_too_large", too_large_message(len(raw), limits.byte_cap), peek_id(raw[:PEEK_BYTES])
         )
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)

@@ -112,7 +112,6 @@ def run(settings: Settings) -> int:
     """Load the encoder, connect, warm up and serve until SIGTERM/SIGINT; returns the exit code."""
     from .backends import build_encoder
     from .cache import CacheWriter
-    from .encoder import fingerprint_of
     from .loop import IDLE_BLOCK_S, Worker
 
     encoder = build_encoder(settings)
@@ -122,7 +121,7 @@ def run(settings: Settings) -> int:
         encoder,
         client,
         beat_client=connect(settings, socket_timeout=max(1.0, settings.heartbeat_ttl)),
-        cache=CacheWriter.from_settings(settings, fingerprint_of(encoder), client),
+        cache=CacheWriter.from_settings(settings, encoder.fingerprint, client),
     )
     worker.warm_up()
     if settings.metrics_port:

@@ -30,16 +30,35 @@ _PASSAGE_PROMPT_NAMES = ("passage", "document", "corpus")
 
 
 class Encoder(Protocol):
-    """What the worker needs from a model."""
+    """Everything the worker reads from a model (a custom ``EMBED_ENCODER`` that lacks the
+    descriptive attributes is wrapped by ``backends.build_encoder`` with their defaults)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The model's name or path, as operators know it."""
+        ...
+
+    @property
+    def backend(self) -> str:
+        """What runs it: ``torch``, ``onnx``, ``openvino`` (``-int8`` when quantized), ``custom``."""
+        ...
 
     @property
     def dim(self) -> int: ...
 
     @property
     def prefixes(self) -> Mapping[str, str]: ...
+
+    @property
+    def prefix_source(self) -> str:
+        """Where the prefixes came from (settings, model prompts, E5 convention, export)."""
+        ...
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies these vectors (weights or export, backend, prefixes, window); "" for
+        none, which keeps the query cache off."""
+        ...
 
     @property
     def max_tokens(self) -> int | None:
@@ -206,13 +225,6 @@ def fingerprint(parts: Mapping[str, object]) -> str:
     """A short stable hash of what decides a model's vectors (see ``Heartbeat.fingerprint``)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
-
-
-def fingerprint_of(encoder: object) -> str:
-    """An encoder's fingerprint, or "" for one that has none (a custom ``EMBED_ENCODER``): the
-    query cache stays off for it."""
-    value = getattr(encoder, "fingerprint", "")
-    return value if isinstance(value, str) else ""
 
 
 def weights_digest(model: Any) -> str:

@@ -13,16 +13,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import msgpack
 import redis
 
-from embedq.clock import time_reply_ms
-from embedq.protocol import Keys, Limits, Rejected, Reply, Request, parse_request, peek_id
+from embedq.clock import RedisClock, time_reply_ms
+from embedq.protocol import (
+    PEEK_BYTES,
+    TOO_LARGE,
+    WAKE_TOKENS_MAX,
+    Keys,
+    Limits,
+    Rejected,
+    Reply,
+    Request,
+    parse_request,
+    peek_id,
+    too_large_message,
+)
 
-DEAD_RAW_BYTES = 4096
-"""How much of an unanswerable request the dead-letter entry keeps."""
-PEEK_BYTES = 4096
-"""How much of an oversized request the worker reads, to find its id."""
+from .outcomes import DeadLetter, Outcomes
+
 ATTEMPTS_TTL_S = 3600
 """A request's attempt counter outlives any sensible deadline, then goes by itself."""
 
@@ -47,31 +56,6 @@ class Taken:
         return len(self.request.texts) if self.request is not None else 0
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """A request that cannot be answered, kept for a person to look at."""
-
-    reason: str
-    code: str
-    raw: bytes
-    worker: str
-    request_id: str | None = None
-
-    def pack(self) -> bytes:
-        """The msgpack map stored in the dead-letter list (its time is the Redis server's)."""
-        return msgpack.packb(
-            {
-                "id": self.request_id,
-                "code": self.code,
-                "reason": self.reason,
-                "raw": self.raw[:DEAD_RAW_BYTES],
-                "raw_size": len(self.raw),
-                "worker": self.worker,
-            },
-            use_bin_type=True,
-        )
-
-
 TAKE_SCRIPT = """
 local t = redis.call('TIME')
 local limit, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -84,10 +68,10 @@ for _, item in ipairs(items) do
   if #item > cap then
     table.insert(over, #item)
     table.insert(over, string.sub(item, 1, tonumber(ARGV[5])))
+    local reason = string.gsub(string.gsub(ARGV[6], '{size}', #item), '{cap}', cap)
     redis.call('LPUSH', KEYS[3], cmsgpack.pack({
       code = 'request_too_large', worker = ARGV[3], raw = string.sub(item, 1, 256), raw_size = #item,
-      reason = 'request of ' .. #item .. ' bytes is over the cap of ' .. cap ..
-        ' (EMBED_MAX_REQUEST_BYTES)'}))
+      reason = reason}))
   else
     table.insert(keep, item)
   end
@@ -100,8 +84,9 @@ for _, v in ipairs(keep) do table.insert(out, v) end
 return out
 """
 """Move up to ARGV[1] requests from a request list (KEYS[1]) to a processing list (KEYS[2]),
-FIFO, except those over ARGV[2] bytes: those go to the dead-letter list (KEYS[3]) and only their
-size and first ARGV[5] bytes come back. Returns Redis TIME, the oversized ones, then the rest."""
+FIFO, except those over ARGV[2] bytes: those go to the dead-letter list (KEYS[3], with the
+message ARGV[6]) and only their size and first ARGV[5] bytes come back. Returns Redis TIME, the
+oversized ones, then the rest."""
 
 FINISH_SCRIPT = """
 local ttl, dead_max = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -126,13 +111,13 @@ for k = 1, n_reply do
 end
 for k = 1, n_done do redis.call('LREM', KEYS[1], 1, ARGV[i]); i = i + 1 end
 for k = 1, n_retry do redis.call('RPUSH', KEYS[2], ARGV[i]); i = i + 1 end
-if n_retry > 0 then redis.call('RPUSH', KEYS[4], 1); redis.call('LTRIM', KEYS[4], -64, -1) end
+if n_retry > 0 then redis.call('RPUSH', KEYS[4], 1); redis.call('LTRIM', KEYS[4], -WAKE_MAX, -1) end
 local n_letters = n_dead - #failed
 for k = 1, n_letters do redis.call('LPUSH', KEYS[3], ARGV[i]); i = i + 1 end
 if n_dead > 0 then redis.call('LTRIM', KEYS[3], 0, dead_max - 1) end
 for k = 1, n_attempts do redis.call('DEL', KEYS[4 + n_reply + k]) end
 return failed
-"""
+""".replace("WAKE_MAX", str(WAKE_TOKENS_MAX))
 """Write replies with their expiry first (a reply key of the wrong type dead-letters that one
 request: the others still go), then drop answered requests from a processing list (KEYS[1]),
 requeue retries at the back of their request list (KEYS[2]) with a wake token (KEYS[4]), add
@@ -155,9 +140,9 @@ for k = #ARGV, 1, -1 do
   redis.call('LPUSH', KEYS[1], ARGV[k])
 end
 redis.call('RPUSH', KEYS[3], 1)
-redis.call('LTRIM', KEYS[3], -64, -1)
+redis.call('LTRIM', KEYS[3], -WAKE_MAX, -1)
 return #ARGV
-"""
+""".replace("WAKE_MAX", str(WAKE_TOKENS_MAX))
 """Move requests (ARGV, in order) from a processing list (KEYS[2]) back to the head of their
 request list (KEYS[1]), in their order, and leave a wake token (KEYS[3])."""
 
@@ -172,8 +157,9 @@ class Scripts:
         self.put_back = client.register_script(PUT_BACK_SCRIPT)
 
 
-class Outcomes:
-    """Writes what became of a batch in one atomic script call (one round trip)."""
+class ReplyWriter:
+    """Writes what became of a batch in one atomic script call (one round trip): used by a
+    worker for its own processing lists, and by the reaper for a dead worker's."""
 
     def __init__(
         self, client: redis.Redis, keys: Keys, *, reply_ttl: int, dead_max: int, worker: str
@@ -247,11 +233,10 @@ class RedisQueue:
         self.source, self.processing = bulk_lane if bulk else online
         self.limits = limits
         self.dead_max = dead_max
-        self.outcomes = Outcomes(client, keys, reply_ttl=reply_ttl, dead_max=dead_max, worker=worker_id)
-        self._scripts = self.outcomes._scripts
-        self.redis_ms = 0
-        """Redis time of the last take, in ms."""
-        self._taken_at = time.monotonic()
+        self.writer = ReplyWriter(client, keys, reply_ttl=reply_ttl, dead_max=dead_max, worker=worker_id)
+        self._scripts = self.writer._scripts
+        self.clock = RedisClock()
+        """Redis time, measured again by every take (its script reads ``TIME``)."""
 
     def take(self, limit: int, *, block: float) -> list[Taken]:
         """Up to ``limit`` requests, FIFO, in one round trip. ``block`` > 0: first wait up to
@@ -259,30 +244,26 @@ class RedisQueue:
         worker never receives a request through a blocking pop, which cannot check its size."""
         if block > 0 and self.redis.blpop([self.keys.wake], timeout=block) is None:
             return []
+        sent = time.monotonic()
         reply = self._scripts.take(
             keys=[self.source, self.processing, self.keys.dead],
-            args=[limit, self.limits.byte_cap, self.worker_id, self.dead_max, PEEK_BYTES],
+            args=[limit, self.limits.byte_cap, self.worker_id, self.dead_max, PEEK_BYTES, TOO_LARGE],
         )
+        self.clock.update(reply[:2], sent, time.monotonic())
         now = time_reply_ms(reply[:2])
-        self.redis_ms, self._taken_at = now, time.monotonic()
         n_over = int(reply[2])
         taken = []
         for k in range(n_over):
             size, head = int(reply[3 + 2 * k]), bytes(reply[4 + 2 * k])
-            rejected = Rejected(
-                "request_too_large",
-                f"request is {size} bytes; this worker accepts at most {self.limits.byte_cap} "
-                "(EMBED_MAX_REQUEST_BYTES): send fewer or shorter texts",
-                peek_id(head),
-            )
+            message = too_large_message(size, self.limits.byte_cap)
+            rejected = Rejected("request_too_large", message, peek_id(head))
             taken.append(Taken(raw=head, taken_ms=now, rejected=rejected, held=False))
         taken.extend(self._parse(raw, now) for raw in reply[3 + 2 * n_over :])
         return taken
 
     def now_ms(self) -> int:
-        """Redis time now, in ms: the last take's ``TIME`` plus the time since on this host's
-        monotonic clock (which never jumps)."""
-        return self.redis_ms + int((time.monotonic() - self._taken_at) * 1000.0)
+        """Redis time now, in ms (from the last take's ``TIME`` and this host's monotonic clock)."""
+        return self.clock.now_ms()
 
     def _parse(self, raw: bytes, now: int) -> Taken:
         try:
@@ -290,28 +271,22 @@ class RedisQueue:
         except Rejected as rejected:
             return Taken(raw=raw, taken_ms=now, rejected=rejected)
 
-    def finish(
-        self,
-        done: Sequence[Taken],
-        replies: Sequence[Reply],
-        dead: Sequence[DeadLetter] = (),
-        retry: Sequence[Taken] = (),
-    ) -> list[int]:
-        """In one atomic step: write the replies (with their expiry) and dead letters, put
-        ``retry`` at the back of the queue, and drop ``done`` from the processing list. Returns
-        the indexes of undeliverable replies (dead-lettered)."""
-        return self.outcomes.write(
+    def finish(self, batch: Sequence[Taken], out: Outcomes) -> list[int]:
+        """In one atomic step: write the replies (with their expiry) and dead letters of ``out``,
+        put its retries at the back of the queue, and drop ``batch`` from the processing list.
+        Returns the indexes of undeliverable replies (dead-lettered)."""
+        return self.writer.write(
             self.processing,
             queue=self.source,
-            replies=replies,
-            done=[t.raw for t in done if t.held],
-            retry=[t.raw for t in retry],
-            dead=dead,
+            replies=out.replies,
+            done=[t.raw for t in batch if t.held],
+            retry=out.retry,
+            dead=out.dead,
         )
 
     def count_attempts(self, request_ids: Sequence[str]) -> list[int]:
         """Add one failed attempt to each request; returns their totals."""
-        return self.outcomes.count_attempts(request_ids)
+        return self.writer.count_attempts(request_ids)
 
     def put_back(self, items: Sequence[Taken]) -> None:
         """Return taken-but-unanswered requests to the head of their list, in their order."""
@@ -327,6 +302,7 @@ class RedisQueue:
             moved += 1
         if moved:
             self.redis.rpush(self.keys.wake, 1)
+            self.redis.ltrim(self.keys.wake, -WAKE_TOKENS_MAX, -1)
         return moved
 
     def depth(self) -> int:

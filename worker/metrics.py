@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, start_http_server
 from prometheus_client import Counter as PromCounter
 
+from embedq.stats import percentile
+
 OUTCOMES = ("ok", "error", "expired", "late", "dead", "retried")
 """What became of a request taken off the queue, exactly one each: ``ok`` vectors; ``error`` an
 error reply; ``expired`` dropped unencoded past its deadline; ``late`` refused unencoded with
@@ -157,7 +159,7 @@ class Metrics:
         while self._recent and self._recent[0][0] < now - WINDOW_S:
             self._recent.popleft()
         latencies = sorted(lat for _, lat in self._recent)
-        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else 0.0
+        p95 = percentile(latencies, 95)
         return {"requests": len(latencies), "p95_ms": round(p95, 2), "window_s": WINDOW_S}
 
 

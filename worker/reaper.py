@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import redis
 
-from embedq.protocol import Keys, Reply, peek_id
+from embedq.protocol import WAKE_TOKENS_MAX, Keys, Reply, peek_id
 from embedq.workers import dead_workers
 
-from .lane import DeadLetter, Outcomes
+from .lane import ReplyWriter
+from .outcomes import DeadLetter
 
 log = logging.getLogger("embedq.reaper")
 
@@ -52,7 +53,7 @@ class Reaper:
         self.keys = keys
         self.max_attempts = max_attempts
         self.me = me
-        self.outcomes = Outcomes(client, keys, reply_ttl=reply_ttl, dead_max=dead_max, worker=me)
+        self.writer = ReplyWriter(client, keys, reply_ttl=reply_ttl, dead_max=dead_max, worker=me)
 
     def reap_once(self) -> ReapReport:
         """One pass over every registered worker whose heartbeat has expired."""
@@ -93,7 +94,7 @@ class Reaper:
             while (found := self.redis.lindex(processing, -1)) is not None:
                 raw = bytes(found) if not isinstance(found, str) else found.encode()
                 request_id = peek_id(raw)
-                attempts = self.outcomes.count_attempts([request_id])[0] if request_id else 0
+                attempts = self.writer.count_attempts([request_id])[0] if request_id else 0
                 if request_id and attempts >= self.max_attempts:
                     self._give_up(processing, queue, raw, request_id, worker_id, attempts)
                     dead += 1
@@ -103,7 +104,8 @@ class Reaper:
                     requeued += 1
         pipe = self.redis.pipeline(transaction=False)
         if requeued:
-            pipe.rpush(self.keys.wake, *([1] * min(requeued, 64)))
+            pipe.rpush(self.keys.wake, *([1] * min(requeued, WAKE_TOKENS_MAX)))
+            pipe.ltrim(self.keys.wake, -WAKE_TOKENS_MAX, -1)
         pipe.srem(self.keys.workers, worker_id)
         pipe.delete(self.keys.heartbeat(worker_id))
         pipe.execute()
@@ -118,4 +120,4 @@ class Reaper:
         )
         reply = Reply(id=request_id, code="worker_died", message=message, worker=self.me)
         entry = DeadLetter(message, "worker_died", raw, self.me, request_id)
-        self.outcomes.write(processing, queue=queue, replies=[reply], done=[raw], dead=[entry])
+        self.writer.write(processing, queue=queue, replies=[reply], done=[raw], dead=[entry])

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from embedq.protocol import DEFAULT_QUEUE, Keys, Limits
+from embedq import defaults
+from embedq.defaults import parse_bool
+from embedq.protocol import Keys, Limits
 
 DEFAULT_MODEL = "intfloat/multilingual-e5-large"
 
@@ -25,22 +28,22 @@ def _default_worker_id() -> str:
 class Settings:
     """Everything a worker is configured with; each field has an env var (``ENV`` below)."""
 
-    redis_url: str = "redis://localhost:6379/0"
-    queue: str = DEFAULT_QUEUE
+    redis_url: str = defaults.REDIS_URL
+    queue: str = defaults.QUEUE
     model: str = DEFAULT_MODEL
     backend: str = "torch"
     """``torch``: sentence-transformers; ``onnx`` / ``openvino``: an export made by
     ``embedq-worker export`` (EMBEDDING_MODEL is its directory), served without torch."""
     device: str = "cpu"
     threads: int = 2
-    max_batch: int = 8
+    max_batch: int = defaults.MAX_BATCH
     batch_wait_ms: float = 50.0
     """The longest a batch waits for more requests after its first arrived."""
     batch_policy: str = "adaptive"
     """``adaptive``: wait only while requests keep arriving; ``fixed``: always wait out the window."""
     batch_gap_ms: float = 6.0
     """Adaptive policy: stop waiting once no request arrived for this long."""
-    max_text_chars: int = 8192
+    max_text_chars: int = defaults.MAX_TEXT_CHARS
     max_request_bytes: int = 0
     """Largest raw request taken whole, checked in Redis before any decoding; 0: sized from the
     text limits (``max_batch`` texts of ``max_text_chars`` 4-byte characters). A larger one gets a
@@ -70,6 +73,7 @@ class Settings:
     """``module:callable`` building the encoder from these settings; empty: sentence-transformers."""
     worker_id: str = field(default_factory=_default_worker_id)
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."""
     log_format: str = "text"
     """``text`` for people, ``json`` (one object per line) for log shippers."""
     metrics_port: int = 0
@@ -101,6 +105,7 @@ class Settings:
             "heartbeat_ttl": self.heartbeat_ttl >= 0.5,
             "reap_interval": self.reap_interval > 0,
             "shutdown_timeout": self.shutdown_timeout > 0,
+            "log_level": self.log_level.upper() in LOG_LEVELS,
             "log_format": self.log_format in ("text", "json"),
             "metrics_port": 0 <= self.metrics_port < 65536,
             "cache_ttl": self.cache_ttl >= 1,
@@ -145,10 +150,9 @@ class Settings:
         """Settings from environment variables, with ``overrides`` (CLI flags) on top."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        types = {f.name: str(f.type) for f in fields(cls)}
         for name, var in ENV.items():
             if var in env:
-                values[name] = _parse(name, var, env[var], _PARSERS[types[name]])
+                values[name] = _parse(name, var, env[var], _PARSERS[name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -188,22 +192,24 @@ ENV: dict[str, str] = {
 """Setting name -> environment variable."""
 
 
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _parser(kind: Any) -> Callable[[str], Any]:
+    """How a value of type ``kind`` is read from its environment variable (``X | None`` as X)."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    base = args[0] if args else kind
+    if base is bool:
+        return parse_bool
+    if base in (int, float, str):
+        return typing.cast(Callable[[str], Any], base)
+    raise TypeError(f"no parser for settings of type {kind!r}")
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "bool": _bool,
-    "str": str,
-    "str | None": str,
-    "int": int,
-    "float": float,
+    name: _parser(kind) for name, kind in typing.get_type_hints(Settings).items() if name in ENV
 }
+"""Setting name -> how its environment variable is parsed, from the field's real type."""
 
 
 def _parse(name: str, var: str, raw: str, parser: Callable[[str], Any]) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -13,8 +12,8 @@ from typing import Any
 import redis
 
 from ..connection import connect
+from ..defaults import setting
 from ..extras import MissingExtra, require
-from ..protocol import DEFAULT_QUEUE
 from .job import run_bulk
 from .options import RQ_QUEUE, BulkError, BulkOptions, Progress
 from .output import OutputError
@@ -26,7 +25,7 @@ DEFAULTS = BulkOptions()
 def _redis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
-        default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
+        default=setting("redis_url"),
         help="Redis of RQ and the workers (env REDIS_URL)",
     )
 
@@ -58,13 +57,13 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-chars",
         type=int,
-        default=int(os.environ.get("EMBED_MAX_TEXT_CHARS", DEFAULTS.max_chars)),
+        default=setting("max_text_chars"),
         help="longest text (default EMBED_MAX_TEXT_CHARS or 8192)",
     )
     p.add_argument(
         "--request-timeout", type=float, default=DEFAULTS.request_timeout, help="seconds (default 3600)"
     )
-    p.add_argument("--queue", default=os.environ.get("EMBED_QUEUE", DEFAULT_QUEUE), help="the workers' queue")
+    p.add_argument("--queue", default=setting("queue"), help="the workers' queue (env EMBED_QUEUE)")
     p.add_argument(
         "--no-truncate",
         dest="truncate",

@@ -28,6 +28,7 @@ import redis
 
 from ..connection import REDIS_DOWN
 from ..protocol import Keys, unpack_reply
+from ..stats import percentile
 from .model_check import Model, ModelCheck
 from .options import BulkError, BulkOptions, Progress, now_iso
 from .output import ERRORS, IDS, MANIFEST, TRUNCATED, VECTORS, OutputDir, OutputError, VectorFile
@@ -389,8 +390,8 @@ def _spread(values: deque[float]) -> dict[str, float] | None:
         return None
     xs = sorted(values)
     return {
-        "p50": round(xs[len(xs) // 2], 2),
-        "p95": round(xs[min(len(xs) - 1, int(0.95 * len(xs)))], 2),
+        "p50": round(percentile(xs, 50), 2),
+        "p95": round(percentile(xs, 95), 2),
         "max": round(xs[-1], 2),
     }
 

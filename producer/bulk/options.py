@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import defaults
 from ..protocol import DEFAULT_QUEUE, KINDS
 from .reader import InputSpec
 
@@ -38,7 +39,7 @@ class BulkOptions:
     """Documents per chunk, the unit of progress and of resuming."""
     inflight: int = 16
     """Bulk requests queued or being encoded at once: enough to keep every worker busy."""
-    max_chars: int = 8192
+    max_chars: int = defaults.MAX_TEXT_CHARS
     """Longest text accepted (the workers' EMBED_MAX_TEXT_CHARS); longer ones are bad documents."""
     truncate: bool = True
     """A document longer than the model's token window: cut it as the model does and list it in

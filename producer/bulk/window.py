@@ -17,7 +17,7 @@ import redis
 
 from ..clock import RedisClock
 from ..connection import REDIS_DOWN, Backoff
-from ..protocol import Keys, Request, new_request_id
+from ..protocol import WAKE_TOKENS_MAX, Keys, Request
 from ..workers import live_workers
 from .options import BLOCK_S, BulkError, BulkOptions
 
@@ -57,12 +57,11 @@ class RequestWindow:
         now = self.clock.now_ms()
         while todo and len(self.pending) < self.options.inflight:
             positions = todo.popleft()
-            request = Request(
-                id=new_request_id(),
-                kind=self.options.kind,
-                texts=[texts[i] for i in positions],
-                deadline_ms=now + int(self.options.request_timeout * 1000),
-                sent_ms=now,
+            request = Request.new(
+                self.options.kind,
+                [texts[i] for i in positions],
+                now_ms=now,
+                timeout_s=self.options.request_timeout,
                 truncate=self.options.truncate,
             )
             self.pending[self.keys.reply(request.id)] = Pending(request, positions)
@@ -70,8 +69,8 @@ class RequestWindow:
         if payloads:
             pipe = self.redis.pipeline(transaction=False)
             pipe.rpush(self.keys.bulk, *payloads)
-            pipe.rpush(self.keys.wake, *([1] * min(len(payloads), 64)))
-            pipe.ltrim(self.keys.wake, -64, -1)
+            pipe.rpush(self.keys.wake, *([1] * min(len(payloads), WAKE_TOKENS_MAX)))
+            pipe.ltrim(self.keys.wake, -WAKE_TOKENS_MAX, -1)
             pipe.execute()
 
     def pop(self) -> tuple[Pending, bytes] | None:

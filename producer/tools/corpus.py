@@ -5,14 +5,16 @@ the documents to a temporary file and delete it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from embedq import defaults
+from embedq.defaults import setting
+
 KORQUAD_NAME = "KorQuAD_v1.0_dev.json"
-KORQUAD_DEFAULT = Path("..") / "shared" / "data" / "korquad"
+KORQUAD_DEFAULT = Path(defaults.KORQUAD)
 """Where the data is looked for when ``EMBEDQ_KORQUAD`` is not set: the team's shared folder
 beside the checkout, relative to the working directory (the checkout's root)."""
 
@@ -20,7 +22,7 @@ beside the checkout, relative to the working directory (the checkout's root)."""
 def find_korquad(where: str | Path | None = None) -> Path | None:
     """The KorQuAD dev set: ``where`` (a file or the folder holding it), else ``EMBEDQ_KORQUAD``,
     else ``../shared/data/korquad``; None if it is not there."""
-    place = Path(where or os.environ.get("EMBEDQ_KORQUAD") or KORQUAD_DEFAULT)
+    place = Path(where or setting("korquad"))
     path = place / KORQUAD_NAME if place.is_dir() else place
     return path if path.is_file() else None
 

@@ -13,11 +13,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from embedq import EmbeddingClient
+
+from .reference import ReferenceModel
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,29 @@ def compare_rankings(a: np.ndarray, b: np.ndarray, scores: np.ndarray, tie_eps: 
 
 
 class InProcessEncoder:
-    """The worker's own encoder class in this process: same prefixes, same normalization."""
+    """The reference model (sentence-transformers in this process) with the prefixes a worker
+    resolves for it: what the queue paths must rank exactly as."""
 
-    def __init__(self, model: str, **options: Any) -> None:
-        from embedq.worker.encoder import SentenceTransformerEncoder
+    def __init__(
+        self,
+        model: str,
+        *,
+        threads: int = 2,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+    ) -> None:
+        from embedq.worker.encoder import resolve_prefixes
 
-        self.encoder = SentenceTransformerEncoder(model, **options)
+        self.reference = ReferenceModel(model, threads=threads)
+        resolved = resolve_prefixes(
+            model, self.reference.prompts, query_override=query_prefix, passage_override=passage_prefix
+        )
+        self.prefixes = resolved.as_dict()
+        self.prefix_source = resolved.source
 
     def encode(self, texts: Sequence[str], kind: str, batch: int = 32) -> np.ndarray:
-        out = [
-            self.encoder.encode(texts[i : i + batch], [kind] * len(texts[i : i + batch]))
-            for i in range(0, len(texts), batch)
-        ]
-        return np.vstack(out)
+        """Vectors of ``texts`` of ``kind``, ``batch`` texts per model call."""
+        return self.reference.encode(texts, self.prefixes[kind], batch_size=batch)
 
 
 def through_queue(client: EmbeddingClient, texts: Sequence[str], kind: str, window: int = 64) -> np.ndarray:

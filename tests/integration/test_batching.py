@@ -14,10 +14,10 @@ from embedq import Call, EmbeddingClient
 from embedq.worker.encoder import SentenceTransformerEncoder
 from embedq.worker.loop import Worker
 from embedq.worker.settings import Settings
+from tests.support.clients import client_for
 from tests.support.fake_encoder import CallRecorder
 from tests.support.servers import RedisServer, WorkerProcess, bundled_model_path
-
-from .conftest import RECORD_QUERIES, InProcess, client_for, cosines
+from tests.support.vectors import RECORD_QUERIES, ReferenceModel, cosines
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def hammer(client: EmbeddingClient, producers: int, each: int) -> list[Call]:
 
 
 def test_worker_process_forms_batches_under_concurrent_producers(
-    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     client = client_for(redis_server, e5_worker)
     calls = hammer(client, PRODUCERS, REQUESTS_EACH)

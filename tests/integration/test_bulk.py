@@ -24,10 +24,10 @@ from embedq import EmbeddingClient
 from embedq.bulk import BulkError, BulkOptions, rq_jobs, run_bulk
 from embedq.protocol import Heartbeat, Keys
 from embedq.tools.corpus import find_korquad, korquad_documents, write_jsonl
-from tests.integration.conftest import InProcess, cosines
 from tests.support.fake_encoder import fake_vector
 from tests.support.heartbeats import fresh_heartbeats
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, embedq, wait_until
+from tests.support.vectors import ReferenceModel, cosines
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,7 @@ def test_a_korquad_document_set_is_embedded_through_rq(
     tmp_path: Path,
     redis_server: RedisServer,
     model_worker: WorkerProcess,
-    in_process: InProcess,
+    in_process: ReferenceModel,
     rq_workers: list[RQWorker],
 ) -> None:
     assert KORQUAD is not None
@@ -338,7 +338,7 @@ def test_bad_documents_are_listed_and_the_rest_embedded(
 
 
 def test_documents_over_the_token_window_are_cut_and_listed_or_refused(
-    tmp_path: Path, redis_server: RedisServer, model_worker: WorkerProcess, in_process: InProcess
+    tmp_path: Path, redis_server: RedisServer, model_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     long_text = "문서가 모델의 토큰 창보다 훨씬 깁니다. " * 300
     source = tmp_path / "docs.jsonl"

@@ -17,8 +17,8 @@ import pytest
 
 from embedq import AsyncEmbeddingClient, EmbeddingClient
 from embedq.protocol import CacheEntry, Keys
-from tests.integration.conftest import RECORD_QUERIES, InProcess
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, embedq, wait_until
+from tests.support.vectors import RECORD_QUERIES, ReferenceModel
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_a_repeated_question_is_answered_from_the_cache_with_the_models_vector(
     redis_server: RedisServer,
     cache_server: RedisServer,
     cached_worker: WorkerProcess,
-    in_process: InProcess,
+    in_process: ReferenceModel,
 ) -> None:
     assert "cache=query ttl=86400s" in cached_worker.log()
     with EmbeddingClient.from_url(redis_server.url, queue=QUEUE, cache_url=cache_server.url) as client:
@@ -141,7 +141,10 @@ def test_passages_are_not_cached_by_default(
 
 
 def test_a_garbage_entry_is_ignored_and_the_queue_answers(
-    redis_server: RedisServer, cache_server: RedisServer, cached_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer,
+    cache_server: RedisServer,
+    cached_worker: WorkerProcess,
+    in_process: ReferenceModel,
 ) -> None:
     text = f"poisoned {time.time()}"
     fp = fingerprint(redis_server)
@@ -169,7 +172,7 @@ def test_a_dead_cache_costs_only_the_shortcut(
 
 
 def test_a_new_model_never_answers_with_old_vectors(
-    redis_server: RedisServer, cache_server: RedisServer, in_process: InProcess
+    redis_server: RedisServer, cache_server: RedisServer, in_process: ReferenceModel
 ) -> None:
     """Same queue, same cache: a worker whose prefix differs has another fingerprint, so the
     first model's cached vector is not served once it is the one answering."""

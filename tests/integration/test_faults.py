@@ -26,8 +26,7 @@ from embedq.workers import live_workers
 from tests.support.heartbeats import fresh_heartbeats
 from tests.support.requests import make_request, now_ms
 from tests.support.servers import RedisServer, WorkerProcess, wait_until
-
-from .conftest import RECORD_QUERIES, InProcess, cosines
+from tests.support.vectors import RECORD_QUERIES, ReferenceModel, cosines
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +49,7 @@ def leftovers(r, keys: Keys) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
 
 def test_killed_worker_holding_a_batch_is_covered_by_another(
-    redis_server: RedisServer, workers: list[WorkerProcess], in_process: InProcess
+    redis_server: RedisServer, workers: list[WorkerProcess], in_process: ReferenceModel
 ) -> None:
     keys = Keys("kill9:requests")
     r = redis_server.client()
@@ -79,7 +78,7 @@ def test_killed_worker_holding_a_batch_is_covered_by_another(
 
 @pytest.mark.slow
 def test_thousand_requests_survive_three_worker_crashes(
-    redis_server: RedisServer, workers: list[WorkerProcess], in_process: InProcess
+    redis_server: RedisServer, workers: list[WorkerProcess], in_process: ReferenceModel
 ) -> None:
     keys = Keys("crashes:requests")
     r = redis_server.client()
@@ -176,7 +175,7 @@ def test_redis_restart_under_load(
 
 
 def test_poison_request_is_dead_lettered_after_its_attempts(
-    redis_server: RedisServer, faulty_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, faulty_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     from tests.support.fake_encoder import POISON
 
@@ -244,7 +243,7 @@ def test_queue_full_is_raised_at_once(redis_server: RedisServer) -> None:
 
 
 def test_sigterm_during_a_batch_answers_it_and_exits_zero(
-    redis_server: RedisServer, workers: list[WorkerProcess], in_process: InProcess
+    redis_server: RedisServer, workers: list[WorkerProcess], in_process: ReferenceModel
 ) -> None:
     keys = Keys("sigterm:requests")
     r = redis_server.client()
@@ -300,7 +299,7 @@ def random_msgpack(rng: random.Random, depth: int = 0) -> object:
 
 
 def test_fuzzed_queue_does_not_hurt_valid_requests(
-    redis_server: RedisServer, default_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, default_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     keys = Keys(default_worker.queue)
     r = redis_server.client()

@@ -28,8 +28,7 @@ from tests.support.fake_encoder import fake_vector
 from tests.support.heartbeats import fresh_heartbeats
 from tests.support.requests import make_request, now_ms
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, wait_until
-
-from .conftest import InProcess, cosines
+from tests.support.vectors import ReferenceModel, cosines
 
 pytestmark = pytest.mark.slow
 
@@ -214,7 +213,7 @@ def test_a_worker_whose_clock_is_ahead_drops_nothing(server: RedisServer, tmp_pa
 
 
 def test_long_texts_are_cut_like_the_model_and_reported(
-    redis_server: RedisServer, in_process: InProcess
+    redis_server: RedisServer, in_process: ReferenceModel
 ) -> None:
     queue = "window:requests"
     worker = WorkerProcess(redis_server.url, queue)

@@ -16,16 +16,16 @@ from embedq import (
     EmbedqEmbeddings,
 )
 from embedq.protocol import unpack_reply
+from tests.support.clients import client_for
 from tests.support.servers import RedisServer, WorkerProcess, free_port
-
-from .conftest import E5_PREFIXES, RECORD_LONG_TEXT, RECORD_QUERIES, InProcess, client_for, cosines
+from tests.support.vectors import E5_PREFIXES, RECORD_LONG_TEXT, RECORD_QUERIES, ReferenceModel, cosines
 
 RECORD_TEXTS = [*RECORD_QUERIES, RECORD_LONG_TEXT]
 
 
 @pytest.mark.parametrize("kind", ["query", "passage"])
 def test_vectors_equal_in_process_encode_with_e5_prefixes(
-    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: InProcess, kind: str
+    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: ReferenceModel, kind: str
 ) -> None:
     with client_for(redis_server, e5_worker) as client:
         got = client.embed(RECORD_TEXTS, kind)
@@ -39,7 +39,7 @@ def test_vectors_equal_in_process_encode_with_e5_prefixes(
 
 
 def test_vectors_equal_in_process_encode_with_default_settings(
-    redis_server: RedisServer, default_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, default_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     with client_for(redis_server, default_worker) as client:
         queries = np.array([client.embed_query(t) for t in RECORD_QUERIES])
@@ -49,7 +49,7 @@ def test_vectors_equal_in_process_encode_with_default_settings(
 
 
 def test_queries_and_passages_in_one_batch_each_get_their_prefix(
-    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     with client_for(redis_server, e5_worker) as client:
         q = client.call(RECORD_QUERIES[:3], "query")
@@ -63,13 +63,14 @@ def test_queries_and_passages_in_one_batch_each_get_their_prefix(
 
 
 def test_many_documents_are_split_and_come_back_in_order(
-    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     docs = [f"{RECORD_QUERIES[i % 5]} ({i}번째 문서)" for i in range(21)]
     with client_for(redis_server, e5_worker) as client:
         call = client.call(docs, "passage")
-        assert [len(r.texts) for r in call.requests] == [8, 8, 5]
+        assert [len(chunk) for chunk in call.chunks] == [8, 8, 5] and call.requests == []
         client.send(call)
+        assert [len(r.texts) for r in call.requests] == [8, 8, 5]  # built once, when sent
         got = client.wait(call)
     assert cosines(got, in_process.encode(docs, "passage: ")).min() >= 0.99999
 
@@ -92,7 +93,9 @@ def test_reply_reports_queue_and_encode_time(redis_server: RedisServer, e5_worke
     assert reply.worker
 
 
-def test_async_client(redis_server: RedisServer, e5_worker: WorkerProcess, in_process: InProcess) -> None:
+def test_async_client(
+    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: ReferenceModel
+) -> None:
     async def main() -> tuple[list[float], list[list[float]]]:
         async with AsyncEmbeddingClient.from_url(redis_server.url, queue=e5_worker.queue, timeout=20) as c:
             return await asyncio.gather(
@@ -105,7 +108,7 @@ def test_async_client(redis_server: RedisServer, e5_worker: WorkerProcess, in_pr
 
 
 def test_embeddings_object_for_rag_chains(
-    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: InProcess
+    redis_server: RedisServer, e5_worker: WorkerProcess, in_process: ReferenceModel
 ) -> None:
     from langchain_core.embeddings import Embeddings
 

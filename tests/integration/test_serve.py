@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 from embedq.api import ApiSettings, create_app
 from embedq.protocol import Keys
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, free_port, wait_until
-
-from .conftest import RECORD_QUERIES, InProcess, cosines
+from tests.support.vectors import RECORD_QUERIES, ReferenceModel, cosines
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +55,7 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_the_openai_sdk_gets_the_models_own_vectors(server_url: str, in_process: InProcess) -> None:
+def test_the_openai_sdk_gets_the_models_own_vectors(server_url: str, in_process: ReferenceModel) -> None:
     client = openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused")
     model = bundled_model_path()
     assert [m.id for m in client.models.list().data] == [model]

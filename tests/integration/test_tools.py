@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clients import export_model
 from tests.support.servers import embedq
-
-from .conftest import RECORD_LONG_TEXT, RECORD_QUERIES, export_model
+from tests.support.vectors import RECORD_LONG_TEXT, RECORD_QUERIES
 
 pytestmark = pytest.mark.slow
 

@@ -49,6 +49,9 @@ class FakeEncoder:
 
     def __init__(self, dim: int = 8, delay: float = 0.0, max_tokens: int | None = None) -> None:
         self.name = "fake"
+        self.backend = "fake"
+        self.prefix_source = "fake encoder"
+        self.fingerprint = f"fake-{dim}"
         self.dim = dim
         self.max_tokens = max_tokens
         """A window in whitespace-separated words (None: none), to test the worker's checks."""

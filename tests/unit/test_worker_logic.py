@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from embedq.protocol import Heartbeat, Keys, Request, unpack_reply
-from embedq.worker.loop import EncodeEstimate, Worker
+from embedq.worker.admission import EncodeEstimate
+from embedq.worker.loop import Worker
 from embedq.worker.settings import Settings
 from tests.support.fake_encoder import POISON, FakeEncoder, fake_vector
 from tests.support.requests import make_request
@@ -255,7 +256,7 @@ def test_heartbeat_registers_and_expires_and_leaving_cleans_up(r: fakeredis.Fake
     assert r.sismember(KEYS.workers, "w1")
     assert 0 < r.pttl(KEYS.heartbeat("w1")) <= 5000
     info = Heartbeat.unpack(r.get(KEYS.heartbeat("w1")))
-    assert (info.model, info.settings["max_batch"], info.worker, info.backend) == ("fake", 8, "w1", "torch")
+    assert (info.model, info.settings["max_batch"], info.worker, info.backend) == ("fake", 8, "w1", "fake")
     worker._leave()
     assert not r.exists(KEYS.heartbeat("w1"))
     assert not r.sismember(KEYS.workers, "w1")

@@ -1,0 +1,101 @@
+"""Every default of the light side (producers, ``embedq`` commands, the front door), named and
+documented once, and the one reader of their environment variables.
+
+The worker's own settings live in ``embedq.worker.settings`` and take the values they share
+with producers (Redis URL, queue, text limit) from here, so the two sides cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+REDIS_URL = "redis://localhost:6379/0"
+"""Redis of the queue when neither ``REDIS_URL`` nor a flag names one."""
+QUEUE = "embed:requests"
+"""The online request list; its prefix (``embed``) names every other key of the deployment."""
+TIMEOUT_S = 5.0
+"""How long a producer call may go without progress; also each request's deadline."""
+MAX_BATCH = 8
+"""Texts per request (the design record's batch of 8); workers accept as many (EMBED_MAX_BATCH)."""
+MAX_QUEUE = 10_000
+"""Queue depth at which producers get ``QueueFull`` instead of adding more."""
+MAX_TEXT_CHARS = 8192
+"""Longest text accepted, in characters; a longer one is refused, never cut silently."""
+WINDOW = 32
+"""Requests of one call queued or being encoded at once; the rest stream in as replies come."""
+PUSH_SLICE = 1000
+"""Payloads per enqueue script call (Lua's unpack has a stack limit)."""
+CACHE_KINDS = ("query",)
+"""Kinds the query cache holds by default: questions repeat, documents rarely do."""
+CACHE_SOCKET_TIMEOUT_S = 0.5
+"""A cache lookup that takes longer than this gives up and goes through the queue."""
+STATUS_TIMEOUT_S = 5.0
+"""Socket timeout of ``embedq status``'s reads."""
+API_HOST = "127.0.0.1"
+"""Where ``embedq serve`` listens (loopback unless told otherwise)."""
+API_PORT = 8000
+API_KIND = "query"
+"""The kind of an OpenAI request's texts unless it says ``embedq_kind``."""
+API_MAX_INPUTS = 2048
+"""Most texts in one HTTP request (OpenAI's own limit)."""
+API_MAX_BODY_BYTES = 0
+"""0: sized from ``API_MAX_INPUTS`` texts of ``MAX_TEXT_CHARS`` characters as JSON."""
+KORQUAD = os.path.join("..", "shared", "data", "korquad")
+"""Where the KorQuAD dev set is looked for, relative to the working directory (the checkout)."""
+
+
+def parse_bool(raw: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); ``ValueError`` otherwise."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+@dataclass(frozen=True)
+class EnvSetting:
+    """One light-side setting: its environment variable, default and parser."""
+
+    var: str
+    default: Any
+    parse: Callable[[str], Any] = str
+
+    def read(self, environ: Mapping[str, str] | None = None) -> Any:
+        """The variable's value parsed (empty counts as unset), else the default; ``ValueError``
+        naming the variable for a value that does not parse."""
+        env = os.environ if environ is None else environ
+        raw = env.get(self.var)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError:
+            raise ValueError(f"{self.var}={raw!r} is not valid") from None
+
+
+ENV: dict[str, EnvSetting] = {
+    "redis_url": EnvSetting("REDIS_URL", REDIS_URL),
+    "queue": EnvSetting("EMBED_QUEUE", QUEUE),
+    "timeout": EnvSetting("EMBED_TIMEOUT", TIMEOUT_S, float),
+    "cache_url": EnvSetting("EMBED_CACHE_URL", None),
+    "max_text_chars": EnvSetting("EMBED_MAX_TEXT_CHARS", MAX_TEXT_CHARS, int),
+    "model": EnvSetting("EMBEDDING_MODEL", None),
+    "api_host": EnvSetting("EMBED_API_HOST", API_HOST),
+    "api_port": EnvSetting("EMBED_API_PORT", API_PORT, int),
+    "api_kind": EnvSetting("EMBED_API_KIND", API_KIND),
+    "api_max_inputs": EnvSetting("EMBED_API_MAX_INPUTS", API_MAX_INPUTS, int),
+    "api_max_body_bytes": EnvSetting("EMBED_API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, int),
+    "korquad": EnvSetting("EMBEDQ_KORQUAD", KORQUAD),
+}
+"""Setting name -> its variable, default and parser: every environment variable the light side
+reads."""
+
+
+def setting(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The value of light-side setting ``name``: its environment variable, else its default."""
+    return ENV[name].read(environ)
