@@ -154,9 +154,11 @@ class Call:
         input order for one RPUSH. ``now_ms`` is Redis time now; each deadline is the time this
         call may still wait: what is left of its timeout for the first send, the whole timeout
         for later ones (each send is progress)."""
-        if self.requests:
+        if self.requests:  # a later send is progress: a whole timeout again
             self.progress_at = time.monotonic()
-        left = self.timeout - (time.monotonic() - self.progress_at)
+            left = self.timeout
+        else:
+            left = self.timeout - (time.monotonic() - self.progress_at)
         end = len(self.chunks) if limit is None else min(len(self.chunks), self.sent + limit)
         out = []
         for chunk in self.chunks[self.sent : end]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
 from embedq import EmbeddingClient
+from embedq.defaults import setting
 
 QUESTION = "Which cafe serves brunch and specialty coffee?"
 DOCS = [
@@ -18,7 +18,7 @@ DOCS = [
 
 
 def main() -> None:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    url = setting("redis_url")
     with EmbeddingClient.from_url(url, timeout=10.0) as client:
         started = time.perf_counter()
         query = client.embed_query("연남 카페 추천해줘")

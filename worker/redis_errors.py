@@ -52,14 +52,14 @@ ADVICE = {
 def classify(exc: BaseException) -> str:
     """A short name for a Redis error: ``connection``, the error's own prefix (``OOM``,
     ``NOPERM``, ``WRONGTYPE``...), or ``ERR`` for anything else."""
+    if isinstance(exc, redis.exceptions.BusyLoadingError):  # a ConnectionError in redis-py: first
+        return "LOADING"
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return "connection"
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return "NOPERM"
     if isinstance(exc, redis.exceptions.ReadOnlyError):
         return "READONLY"
-    if isinstance(exc, redis.exceptions.BusyLoadingError):
-        return "LOADING"
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return "OOM"
     if isinstance(exc, redis.exceptions.NoScriptError):

@@ -12,7 +12,6 @@ no Redis is ours for now (503, retry), a timeout is a gateway timeout (504).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -30,12 +29,13 @@ from embedq import (
     QueueFull,
 )
 from embedq.api import BodyLimit  # 413 over the limit, checked before the body is buffered
+from embedq.defaults import setting
 
 MAX_TEXTS = 64
 """Most texts one HTTP call may embed (split into worker-sized requests by the client)."""
-MAX_TEXT_CHARS = int(os.environ.get("EMBED_MAX_TEXT_CHARS", "8192"))
+MAX_TEXT_CHARS = setting("max_text_chars")
 """Longest text accepted: the workers' limit, refused here before it travels."""
-MAX_BODY_BYTES = int(os.environ.get("EMBED_API_MAX_BODY_BYTES", str(MAX_TEXTS * MAX_TEXT_CHARS * 6 + 4096)))
+MAX_BODY_BYTES = setting("api_max_body_bytes") or MAX_TEXTS * MAX_TEXT_CHARS * 6 + 4096
 """Largest request body read (413 beyond): enough for MAX_TEXTS texts of MAX_TEXT_CHARS characters
 as JSON-escaped UTF-8."""
 
@@ -58,9 +58,9 @@ class EmbedResponse(BaseModel):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the embedq client with the app; close it on shutdown."""
     client = AsyncEmbeddingClient.from_url(
-        os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
-        queue=os.environ.get("EMBED_QUEUE", "embed:requests"),
-        timeout=float(os.environ.get("EMBED_TIMEOUT", "5")),
+        setting("redis_url"),  # REDIS_URL, EMBED_QUEUE, EMBED_TIMEOUT, as embedq reads them
+        queue=setting("queue"),
+        timeout=setting("timeout"),
     )
     app.state.embedq = client
     try:

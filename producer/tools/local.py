@@ -15,6 +15,9 @@ from pathlib import Path
 
 import redis
 
+from embedq.protocol import Keys
+from embedq.workers import live_workers
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -99,7 +102,8 @@ class RedisServer:
 
 
 class WorkerProcess:
-    """``python -m embedq.worker`` as a child process; ready once it logs its start-up line."""
+    """``python -m embedq.worker`` as a child process; ready once its heartbeat is in Redis (the
+    worker writes its first one after loading and warming up the model, just before it serves)."""
 
     def __init__(
         self,
@@ -113,6 +117,8 @@ class WorkerProcess:
     ) -> None:
         """``prefix``: a command to run the worker under (``faketime -f +6s``, say)."""
         self.queue = queue
+        self.worker_id = ""
+        """The id the worker reports in its heartbeat (known once it is ready)."""
         self.log_path = Path(tempfile.mkstemp(prefix="embedq-worker-", suffix=".log")[1])
         full_env = {
             **os.environ,
@@ -132,14 +138,31 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + start_timeout
-        while " ready: " not in self.log():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"worker did not become ready:\n{self.log()}")
-            time.sleep(0.1)
+        self._wait_ready(full_env["REDIS_URL"], start_timeout)
+
+    def _wait_ready(self, redis_url: str, timeout: float) -> None:
+        client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        deadline = time.monotonic() + timeout
+        try:
+            while not (worker_id := self._own_heartbeat(client)):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"worker wrote no heartbeat within {timeout:g} s:\n{self.log()}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+        self.worker_id = worker_id
+
+    def _own_heartbeat(self, client: redis.Redis) -> str:
+        """The id of this process's live worker on the queue, or "" while it has none."""
+        try:
+            beats = live_workers(client, Keys(self.queue))
+        except redis.exceptions.RedisError:
+            return ""
+        host = socket.gethostname()
+        return next((w for w, b in beats.items() if b.pid == self.proc.pid and b.host == host), "")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -476,7 +476,7 @@ def test_a_redis_restart_mid_job_loses_nothing(
         runner.start()
         wait_until(lambda: progress and progress[-1] >= 250, 60, "a quarter of the job done")
         server.kill()  # no persistence: the queued bulk requests are gone
-        time.sleep(1.0)
+        wait_until(lambda: "lost Redis" in caplog.text, 30, "the job to notice the outage")
         server.start()
         runner.join(120)
         assert not runner.is_alive() and outcome.get("rows") == n, outcome

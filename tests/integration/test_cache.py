@@ -133,8 +133,14 @@ def test_passages_are_not_cached_by_default(
     with EmbeddingClient.from_url(redis_server.url, queue=QUEUE, cache_url=cache_server.url) as client:
         text = f"a document {time.time()}"
         client.embed([text], "passage")
-        time.sleep(0.3)
-        assert not cache_server.client().exists(KEYS.cache_entry(fingerprint(redis_server), "passage", text))
+        # a barrier: the worker caches in order, so once a later query's entry is there, the
+        # passage's would be too
+        marker = f"a later question {time.time()}"
+        client.embed([marker], "query")
+        cache = cache_server.client()
+        model = fingerprint(redis_server)
+        wait_until(lambda: cache.exists(KEYS.cache_entry(model, "query", marker)), 10, "the query's entry")
+        assert not cache.exists(KEYS.cache_entry(model, "passage", text))
         call = client.call([text], "passage")
         client.embed_call(call)
         assert len(call.requests) == 1
@@ -188,7 +194,7 @@ def test_a_new_model_never_answers_with_old_vectors(
             old.terminate()
         new = WorkerProcess(redis_server.url, queue, {**env, "EMBED_QUERY_PREFIX": "query: "})
         try:
-            redis_server.client().delete(Keys(queue).heartbeat(old_id(old)))
+            redis_server.client().delete(Keys(queue).heartbeat(old.worker_id))
             assert client.cache is not None
             client.cache.read_at = -1e9  # read the fingerprint now, not in 2 s
             call = client.call([text])
@@ -197,11 +203,6 @@ def test_a_new_model_never_answers_with_old_vectors(
             np.testing.assert_allclose(got, in_process.encode([text], prefix="query: "), atol=1e-5)
         finally:
             new.terminate()
-
-
-def old_id(worker: WorkerProcess) -> str:
-    line = next(line for line in worker.log().splitlines() if " ready: " in line)
-    return line.split("worker ", 1)[1].split(" ready:", 1)[0]
 
 
 def test_the_worker_refuses_the_queues_redis_under_noeviction_as_its_cache(redis_server: RedisServer) -> None:

@@ -69,7 +69,9 @@ def test_killed_worker_holding_a_batch_is_covered_by_another(
     got = np.vstack(results)
     assert cosines(got, in_process.encode(RECORD_QUERIES)).min() >= 0.99999
     assert {c.replies[0].worker for c in calls if c.replies[0]} == {"rescuer"}
-    time.sleep(0.5)  # a second answer would have arrived by now
+    # a barrier: the rescuer serves in order, so once a later request is answered any second
+    # answer to the first five would have been written
+    client.embed(["뒤따르는 질문"])
     assert all(r.llen(keys.reply(c.requests[0].id)) == 0 for c in calls), "a producer got two answers"
     assert leftovers(r, keys) == {}
     assert not r.sismember(keys.workers, "doomed")
@@ -147,15 +149,16 @@ def test_redis_restart_under_load(
     threads = [threading.Thread(target=producer) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: [o for o, _ in outcomes].count("ok") >= 5, 20, "traffic before the outage")
     server.kill()
-    time.sleep(1.5)
+    wait_until(lambda: any(o != "ok" for o, _ in outcomes), 20, "producers to see the outage")
     server.start()
     back = time.monotonic()
     after = EmbeddingClient.from_url(server.url, queue=keys.queue, timeout=10)
     after.embed_query("다시 살아났나요?")
     recovered_in = time.monotonic() - back
-    time.sleep(1.0)
+    seen = len(outcomes)
+    wait_until(lambda: [o for o, _ in outcomes[seen:]].count("ok") >= 5, 20, "traffic after the restart")
     stop.set()
     for t in threads:
         t.join(timeout + 5)

@@ -80,7 +80,7 @@ def test_out_of_memory_is_waited_out_and_nothing_held_is_lost(server: RedisServe
         wait_until(lambda: admin.llen(Keys(queue).processing(worker_id(admin, queue))) == 1, 5, "the take")
         admin.config_set("maxmemory", 1)  # noeviction (the default): every write that grows memory fails
         wait_until(lambda: "Redis is at its maxmemory" in worker.log(), 10, "the OOM to be logged")
-        time.sleep(1.5)  # a few more failed attempts, waited out with backoff
+        wait_until(lambda: trouble_count(admin, queue) >= 3, 10, "a few more failed attempts, with backoff")
         report = health(server, queue)
         assert report.returncode == 1 and "OOM" in report.stdout, report.stdout
         assert worker.alive
@@ -92,6 +92,13 @@ def test_out_of_memory_is_waited_out_and_nothing_held_is_lost(server: RedisServe
     finally:
         admin.config_set("maxmemory", 0)
         assert worker.terminate() == 0, worker.log()
+
+
+def trouble_count(client: redis.Redis, queue: str) -> int:
+    """How many Redis errors in a row the (one) worker on ``queue`` reports in its heartbeat."""
+    beats = list(live_workers(client, Keys(queue)).values())
+    trouble = beats[0].redis_trouble if beats else None
+    return int(trouble.get("count", 0)) if trouble else 0
 
 
 def worker_id(client: redis.Redis, queue: str) -> str:
@@ -346,6 +353,8 @@ def test_kill_9_of_one_of_two_workers_under_load_loses_no_call(server: RedisServ
     client = EmbeddingClient.from_url(server.url, queue=queue)  # default timeout: 5 s
     stop = threading.Event()
     outcomes: list[str] = []
+    finished = [0] * 10
+    """Calls each producer has completed."""
 
     def producer(n: int) -> None:
         i = 0
@@ -355,6 +364,7 @@ def test_kill_9_of_one_of_two_workers_under_load_loses_no_call(server: RedisServ
                 outcomes.append("ok")
             except EmbedqError as exc:
                 outcomes.append(type(exc).__name__)
+            finished[n] += 1
             i += 1
 
     threads = [threading.Thread(target=producer, args=(n,)) for n in range(10)]
@@ -368,8 +378,17 @@ def test_kill_9_of_one_of_two_workers_under_load_loses_no_call(server: RedisServ
         )
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(5)
-        killed_at = len(outcomes)
-        time.sleep(7)  # past a whole producer timeout after the kill
+        killed_at, at_kill = len(outcomes), list(finished)
+        # every call in flight at the kill has ended (+1), and each producer's next one too (+2):
+        # a call the kill had stranded would have timed out (5 s) before that
+        wait_until(
+            lambda: (
+                all(f >= k + 2 for f, k in zip(finished, at_kill, strict=True))
+                and outcomes[killed_at:].count("ok") > 100
+            ),
+            30,
+            "every producer past the kill, and traffic after it",
+        )
     finally:
         stop.set()
         for t in threads:
@@ -422,7 +441,8 @@ def test_under_overload_requests_that_cannot_make_their_deadline_are_not_encoded
             outcomes = list(pool.map(lambda i: _outcome(client, f"과부하 {i}"), range(200)))
         assert outcomes.count("ok") > 0
         assert "deadline_exceeded" in outcomes, outcomes  # told why, not left to time out
-        time.sleep(1.0)
+        wait_until(lambda: server.client().llen(queue) == 0, 10, "the queue to drain")
+        fresh_heartbeats(server.client(), Keys(queue))  # its counts include every request
         info = next(iter(live_workers(server.client(), Keys(queue)).values()))
         counts = info.counts
         wasted = counts.get("late_texts", 0)

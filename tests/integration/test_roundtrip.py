@@ -17,7 +17,7 @@ from embedq import (
 )
 from embedq.protocol import unpack_reply
 from tests.support.clients import client_for
-from tests.support.servers import RedisServer, WorkerProcess, free_port
+from tests.support.servers import RedisServer, WorkerProcess, free_port, wait_until
 from tests.support.vectors import E5_PREFIXES, RECORD_LONG_TEXT, RECORD_QUERIES, ReferenceModel, cosines
 
 RECORD_TEXTS = [*RECORD_QUERIES, RECORD_LONG_TEXT]
@@ -156,8 +156,5 @@ def test_reply_nobody_reads_expires(redis_server: RedisServer, e5_worker: Worker
         call = client.call(["아무도 기다리지 않는 질문"])
         client.send(call)  # and never wait: the producer went away
     key = call.pending_keys()[0]
-    deadline = time.monotonic() + 20
-    while not r.exists(key) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert r.exists(key)
+    wait_until(lambda: r.exists(key), 20, "the reply nobody reads")
     assert 0 < r.ttl(key) <= 60

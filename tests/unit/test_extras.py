@@ -39,3 +39,17 @@ def test_commands_say_which_extra_they_need() -> None:
     assert bench.returncode == 2 and "pip install '.[torch]'" in bench.stderr, bench.stderr
     worker = run_without(["prometheus_client"], "embedq.worker", "embedq-worker")
     assert worker.returncode == 2 and "pip install '.[worker]'" in worker.stderr, worker.stderr
+
+
+def test_the_embedq_command_loads_no_tool_it_does_not_run() -> None:
+    code = (
+        "import sys, embedq.cli\n"
+        "embedq.cli.build_parser()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('embedq.tools.bench', 'embedq.tools.evaluate', "
+        "'torch', 'sentence_transformers', 'embedq.worker.'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

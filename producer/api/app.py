@@ -1,0 +1,51 @@
+"""The ASGI app: one client per process, the body limit, the metrics middleware, the routes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+
+from ..aio import AsyncEmbeddingClient
+from .errors import ApiError, api_error, invalid
+from .limits import BodyLimit
+from .routes import router
+from .settings import ApiSettings
+from .state import AppState
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The ASGI app (``uvicorn`` runs it; ``embedq serve`` does that)."""
+    settings = settings or ApiSettings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = AsyncEmbeddingClient.from_url(
+            settings.redis_url, queue=settings.queue, timeout=settings.timeout, cache_url=settings.cache_url
+        )
+        app.state.embedq = AppState(settings, client)
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="embedq", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=settings.body_cap)
+    app.middleware("http")(count)
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.include_router(router)
+    return app
+
+
+async def count(request: Request, call_next: Any) -> Any:
+    """Middleware: every response counted by route and status, with its latency."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    state: AppState = request.app.state.embedq
+    state.metrics.observe(request.url.path, response.status_code, time.perf_counter() - started)
+    return response

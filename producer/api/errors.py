@@ -1,0 +1,73 @@
+"""Errors in OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``), and the
+mapping of every embedq exception to the HTTP status a caller can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..errors import (
+    EmbeddingConnectionError,
+    EmbeddingError,
+    EmbeddingTimeout,
+    EmbedqError,
+    InvalidInput,
+    QueueFull,
+)
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self, status: int, message: str, *, kind: str, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
+        self.headers: dict[str, str] = {}
+
+
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def from_embedq(exc: EmbedqError) -> ApiError:
+    """The HTTP error for an embedq exception: the caller's input 400, a full queue 429, no answer
+    in time 504, Redis unreachable 503 (the last two with Retry-After)."""
+    if isinstance(exc, InvalidInput):
+        return ApiError(400, str(exc), kind="invalid_request_error", code="invalid_input", param="input")
+    if isinstance(exc, EmbeddingError):
+        return ApiError(400, exc.message, kind="invalid_request_error", code=exc.code, param="input")
+    if isinstance(exc, QueueFull):
+        error = ApiError(429, str(exc), kind="rate_limit_error", code="queue_full")
+        error.headers["Retry-After"] = "1"
+        return error
+    if isinstance(exc, EmbeddingTimeout):
+        return ApiError(504, str(exc), kind="timeout", code="timeout")
+    assert isinstance(exc, (EmbeddingConnectionError, EmbedqError))
+    error = ApiError(503, str(exc), kind="service_unavailable", code="redis_unavailable")
+    error.headers["Retry-After"] = "5"
+    return error
+
+
+async def api_error(request: Request, exc: Exception) -> JSONResponse:
+    """Handler: an ``ApiError`` as its JSON body and status."""
+    assert isinstance(exc, ApiError)
+    return JSONResponse(
+        error_body(exc.message, exc.kind, exc.code, exc.param), status_code=exc.status, headers=exc.headers
+    )
+
+
+async def invalid(request: Request, exc: Exception) -> JSONResponse:
+    """Handler: a request body that does not fit the schema, as a 400 naming the field."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    message = f"{first.get('msg', 'invalid request')} ({param})" if param else str(first.get("msg"))
+    return JSONResponse(
+        error_body(message, "invalid_request_error", "invalid_request", param), status_code=400
+    )

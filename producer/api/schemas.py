@@ -1,0 +1,27 @@
+"""The request bodies the front door accepts: OpenAI's embeddings request and embedq's own."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request, plus embedq's optional kind and truncate."""
+
+    input: str | list[str]
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    embedq_kind: Literal["query", "passage"] | None = Field(default=None)
+    embedq_truncate: bool | None = None
+
+
+class EmbedRequest(BaseModel):
+    """embedq's native shape: texts of one kind."""
+
+    texts: list[str]
+    kind: Literal["query", "passage"] = "query"
+    truncate: bool | None = None

@@ -1,0 +1,50 @@
+"""The front door's one settings object: environment variables (``embedq.defaults``), then flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import defaults
+from ..defaults import setting
+from ..protocol import KINDS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings:
+    """The front door's settings: environment variables, then ``embedq serve`` flags."""
+
+    redis_url: str = defaults.REDIS_URL
+    queue: str = defaults.QUEUE
+    timeout: float = defaults.TIMEOUT_S
+    kind: str = defaults.API_KIND
+    """The kind of an OpenAI request's texts unless it says ``"embedq_kind"``."""
+    max_inputs: int = defaults.API_MAX_INPUTS
+    max_text_chars: int = defaults.MAX_TEXT_CHARS
+    max_body_bytes: int = defaults.API_MAX_BODY_BYTES
+    """0: enough for ``max_inputs`` texts of ``max_text_chars`` characters as JSON."""
+    cache_url: str | None = None
+    """The query cache's Redis (the workers' ``EMBED_CACHE_URL``): repeats answered from it."""
+
+    @property
+    def body_cap(self) -> int:
+        """The largest request body read (``max_body_bytes``, or what the largest valid one needs)."""
+        return self.max_body_bytes or self.max_inputs * (self.max_text_chars * 6 + 8) + 65536
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ApiSettings:
+        """Settings from the environment (``embedq.defaults.ENV``), ``overrides`` (flags) on top."""
+        values: dict[str, Any] = {
+            "redis_url": setting("redis_url"),
+            "queue": setting("queue"),
+            "timeout": setting("timeout"),
+            "kind": setting("api_kind"),
+            "max_inputs": setting("api_max_inputs"),
+            "max_text_chars": setting("max_text_chars"),
+            "max_body_bytes": setting("api_max_body_bytes"),
+            "cache_url": setting("cache_url"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["kind"] not in KINDS:
+            raise ValueError(f"EMBED_API_KIND must be 'query' or 'passage', got {values['kind']!r}")
+        return cls(**values)

@@ -1,0 +1,83 @@
+"""Deadline admission (worker/admission.py): what cannot be answered in time is not encoded."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from embedq.protocol import Request
+from embedq.worker.admission import EncodeEstimate
+from tests.support.worker_harness import KEYS, make_worker, push, reply_of, request
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+def test_expired_requests_are_skipped_without_encoding(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r)
+    old, fresh = request("old", timeout=-1), request("fresh")
+    push(r, old, fresh)
+    worker.serve_once(block=0.01)
+    assert r.llen(KEYS.reply(old.id)) == 0
+    assert reply_of(r, fresh).ok
+    assert encoder.calls == [1]
+    assert worker.counts["expired"] == 1
+    assert r.llen(KEYS.processing("w1")) == 0
+
+
+def test_a_request_that_cannot_make_its_deadline_is_refused_and_a_late_answer_counted(
+    r: fakeredis.FakeRedis,
+) -> None:
+    worker, encoder = make_worker(r)
+    encoder.delay = 0.2
+    worker.estimate.calibrate(200.0, 200.0, 8)  # every batch takes about 200 ms
+    tight, roomy = request("tight", timeout=0.1), request("roomy", timeout=30)
+    push(r, tight, roomy)
+    worker.serve_once(block=0.01)
+    refused = reply_of(r, tight)
+    assert refused.code == "deadline_exceeded" and "200 ms" in refused.message
+    assert reply_of(r, roomy).ok
+    assert encoder.calls == [1]  # only the request that could be answered in time was encoded
+    assert (worker.counts["late"], worker.counts.get("late_texts", 0)) == (1, 0)
+    worker.estimate.calibrate(1.0, 1.0, 8)  # the estimate is wrong now: the answer comes late
+    slow = request("slow", timeout=0.1)
+    push(r, slow)
+    worker.serve_once(block=0.01)
+    assert reply_of(r, slow).ok
+    assert worker.counts["late_texts"] == 1  # encoded for nobody: counted
+
+
+def test_the_encode_estimate_is_per_batch_size() -> None:
+    estimate = EncodeEstimate()
+    assert estimate.expected_ms(8) == 0.0
+    estimate.calibrate(10.0, 24.0, 8)
+    assert (estimate.expected_ms(1), estimate.expected_ms(8)) == (10.0, 24.0)
+    assert estimate.expected_ms(4) == 16.0 and estimate.expected_ms(16) == 48.0
+    estimate.add(8, 34.0)
+    assert estimate.expected_ms(8) == pytest.approx(26.0)
+
+
+def test_admission_keeps_what_can_finish_in_time_and_says_why_for_the_rest() -> None:
+    from embedq.worker.admission import Admission
+    from embedq.worker.lane import Taken
+    from embedq.worker.metrics import Metrics
+    from embedq.worker.outcomes import Outcomes
+
+    estimate = EncodeEstimate()
+    estimate.calibrate(100.0, 100.0, 8)  # every batch: about 100 ms
+    metrics = Metrics()
+    now = 1_000_000
+
+    def taken(deadline: int) -> Taken:
+        req = Request.new("query", ["q"], now_ms=now - 40, timeout_s=(deadline - now + 40) / 1000)
+        return Taken(raw=req.pack(), taken_ms=now, request=req)
+
+    gone, tight, roomy = taken(now - 1), taken(now + 50), taken(now + 5_000)
+    out = Outcomes("w1")
+    kept = Admission(estimate, metrics).admit([gone, tight, roomy], now, "online", out)
+    assert kept == [roomy]
+    assert [(r.id, r.code) for r in out.replies] == [(tight.request.id, "deadline_exceeded")]  # type: ignore[union-attr]
+    assert "waited 40 ms" in (out.replies[0].message or "") and out.counts == ["late"]
+    assert metrics.counts["expired"] == 1  # the one nobody waits for: no reply at all
