@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -114,8 +113,10 @@ def test_a_reply_key_of_the_wrong_type_dead_letters_that_request_only(server: Re
     try:
         client = EmbeddingClient.from_url(server.url, queue=queue, timeout=10)
         victim, mate = client.call(["피해자"]), client.call(["옆자리"])
+        payloads = [*victim.payloads(now_ms()), *mate.payloads(now_ms())]  # built now: their ids known
         admin.set(keys.reply(victim.requests[0].id), "a stray string")
-        client.send(victim, mate)
+        admin.rpush(keys.queue, *payloads)
+        admin.rpush(keys.wake, 1)
         np.testing.assert_allclose(client.wait(mate)[0], fake_vector("query", "옆자리"), rtol=1e-6)
         wait_until(lambda: admin.llen(keys.dead) == 1, 5, "the dead letter")
         letter = msgpack.unpackb(admin.lindex(keys.dead, 0), raw=False)
@@ -469,9 +470,12 @@ def test_two_producers_reusing_an_id_never_swap_vectors(server: RedisServer) -> 
     try:
         client = EmbeddingClient.from_url(server.url, queue=queue, timeout=5)
         mine, theirs = client.call(["내 질문"]), client.call(["남의 질문"])
-        theirs.requests[0] = replace(theirs.requests[0], id=mine.requests[0].id)
-        theirs._slot = {client.keys.reply(mine.requests[0].id): 0}
-        client.send(theirs, mine)  # both answered on one reply key: the first reply is theirs
+        (my_request,) = mine.payloads(now_ms())
+        body = msgpack.unpackb(theirs.payloads(now_ms())[0])
+        body["id"] = mine.requests[0].id  # another producer that picked the same id
+        admin = server.client()
+        admin.rpush(client.keys.queue, msgpack.packb(body), my_request)  # both answered on one key:
+        admin.rpush(client.keys.wake, 1)  # the first reply there is theirs
         with pytest.raises(EmbeddingError, match="other texts than this request"):
             client.wait(mine)
     finally:
