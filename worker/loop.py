@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import redis
 
 from embedq.protocol import Heartbeat
 
+from . import report
 from .admission import Admission, EncodeEstimate
 from .batching import Batcher, make_policy
 from .cache import CacheWriter
@@ -37,11 +37,6 @@ log = logging.getLogger("embedq.worker")
 IDLE_BLOCK_S = 0.25
 """How long one idle wait for a wake token lasts before the loop looks for a stop (and for
 requests pushed without a token)."""
-INFO_METRIC_FIELDS = (
-    "model", "backend", "dim", "device", "threads", "max_batch", "bulk_max_batch",
-    "batch_policy", "batch_wait_ms", "queue", "max_tokens", "truncate",
-)  # fmt: skip
-"""What ``embedq_worker_info`` reports of ``Worker.info()``."""
 DEPTH_EVERY_S = 1.0
 """How often the queue-depth gauges are read."""
 
@@ -142,56 +137,24 @@ class Worker:
 
     def describe(self) -> str:
         """The start-up line: everything that decides what vectors and latency a user gets."""
-        s, e = self.settings, self.encoder
-        return (
-            f"worker {s.worker_id} ready: model={e.name} backend={e.backend} "
-            f"dim={e.dim} max_tokens={e.max_tokens} "
-            f"truncate={s.truncate} device={s.device} "
-            f"threads={s.threads} max_batch={s.max_batch} bulk_max_batch={s.bulk_max_batch} "
-            f"batch_policy={s.batch_policy} "
-            f"batch_wait_ms={s.batch_wait_ms:g} batch_gap_ms={s.batch_gap_ms:g} "
-            f"max_request_bytes={s.limits.byte_cap} "
-            f"prefixes: query={e.prefixes['query']!r} passage={e.prefixes['passage']!r} "
-            f"({e.prefix_source}) queue={s.queue!r} fingerprint={e.fingerprint or '-'} "
-            f"cache={','.join(self.cache.kinds) + f' ttl={s.cache_ttl}s' if self.cache else 'off'}"
-        )
+        return report.start_line(self.settings, self.encoder, self.cache)
 
     def info(self) -> Heartbeat:
         """What the heartbeat tells operators about this worker (the presence thread adds where
         and when)."""
-        s, e = self.settings, self.encoder
-        return Heartbeat(
-            worker=s.worker_id,
-            model=e.name,
-            backend=e.backend,
-            dim=e.dim,
-            prefixes=dict(e.prefixes),
-            normalized=True,
-            queue=s.queue,
-            settings={
-                "device": s.device,
-                "threads": s.threads,
-                "max_batch": s.max_batch,
-                "bulk_max_batch": s.bulk_max_batch,
-                "batch_policy": s.batch_policy,
-                "batch_wait_ms": s.batch_wait_ms,
-                "max_tokens": e.max_tokens,
-                "truncate": s.truncate,
-            },
+        cache = None
+        if self.cache is not None:
+            cache = self.cache.stats()
+            self.metrics.cache(cache)
+        return report.heartbeat(
+            self.settings,
+            self.encoder,
             batches=self.encoding.batches,
             counts=dict(self.counts),
             last_minute=self.metrics.last_minute(),
-            fingerprint=e.fingerprint,
-            cache=self._cache_stats(),
+            cache=cache,
             redis_trouble=self.guard.report(),
         )
-
-    def _cache_stats(self) -> dict[str, Any] | None:
-        if self.cache is None:
-            return None
-        stats = self.cache.stats()
-        self.metrics.cache(stats)
-        return stats
 
     def run(self) -> None:
         """Serve until stopped; waits out Redis outages and refusals with capped backoff."""
@@ -231,15 +194,7 @@ class Worker:
             self.presence.check_policy()
         except redis.exceptions.ResponseError as exc:
             self.presence.guard.failed(exc, "writing the first heartbeat")
-        info = self.info()
-        flat = {
-            "model": info.model,
-            "backend": info.backend,
-            "dim": info.dim,
-            "queue": info.queue,
-            **info.settings,
-        }
-        self.metrics.describe({k: flat[k] for k in INFO_METRIC_FIELDS})
+        self.metrics.describe(report.info_labels(self.info()))
 
     def _leave(self) -> None:
         held = self.batcher.drain()

@@ -1,0 +1,84 @@
+"""What a worker tells operators about itself: the start-up line, the heartbeat's content and
+the labels of ``embedq_worker_info``, all from its settings and its encoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embedq.protocol import Heartbeat
+
+from .cache import CacheWriter
+from .encoder import Encoder
+from .settings import Settings
+
+INFO_METRIC_FIELDS = (
+    "model", "backend", "dim", "device", "threads", "max_batch", "bulk_max_batch",
+    "batch_policy", "batch_wait_ms", "queue", "max_tokens", "truncate",
+)  # fmt: skip
+"""What ``embedq_worker_info`` reports of the heartbeat."""
+
+
+def start_line(s: Settings, e: Encoder, cache: CacheWriter | None) -> str:
+    """The start-up line: everything that decides what vectors and latency a user gets."""
+    return (
+        f"worker {s.worker_id} ready: model={e.name} backend={e.backend} "
+        f"dim={e.dim} max_tokens={e.max_tokens} "
+        f"truncate={s.truncate} device={s.device} "
+        f"threads={s.threads} max_batch={s.max_batch} bulk_max_batch={s.bulk_max_batch} "
+        f"batch_policy={s.batch_policy} "
+        f"batch_wait_ms={s.batch_wait_ms:g} batch_gap_ms={s.batch_gap_ms:g} "
+        f"max_request_bytes={s.limits.byte_cap} "
+        f"prefixes: query={e.prefixes['query']!r} passage={e.prefixes['passage']!r} "
+        f"({e.prefix_source}) queue={s.queue!r} fingerprint={e.fingerprint or '-'} "
+        f"cache={','.join(cache.kinds) + f' ttl={s.cache_ttl}s' if cache else 'off'}"
+    )
+
+
+def heartbeat(
+    s: Settings,
+    e: Encoder,
+    *,
+    batches: int,
+    counts: dict[str, int],
+    last_minute: dict[str, float],
+    cache: dict[str, Any] | None,
+    redis_trouble: dict[str, Any] | None,
+) -> Heartbeat:
+    """The heartbeat's content (the presence thread adds host, pid and times)."""
+    return Heartbeat(
+        worker=s.worker_id,
+        model=e.name,
+        backend=e.backend,
+        dim=e.dim,
+        prefixes=dict(e.prefixes),
+        normalized=True,
+        queue=s.queue,
+        settings={
+            "device": s.device,
+            "threads": s.threads,
+            "max_batch": s.max_batch,
+            "bulk_max_batch": s.bulk_max_batch,
+            "batch_policy": s.batch_policy,
+            "batch_wait_ms": s.batch_wait_ms,
+            "max_tokens": e.max_tokens,
+            "truncate": s.truncate,
+        },
+        batches=batches,
+        counts=counts,
+        last_minute=last_minute,
+        fingerprint=e.fingerprint,
+        cache=cache,
+        redis_trouble=redis_trouble,
+    )
+
+
+def info_labels(beat: Heartbeat) -> dict[str, object]:
+    """The labels of ``embedq_worker_info``: the heartbeat's identity and settings, flat."""
+    flat = {
+        "model": beat.model,
+        "backend": beat.backend,
+        "dim": beat.dim,
+        "queue": beat.queue,
+        **beat.settings,
+    }
+    return {k: flat[k] for k in INFO_METRIC_FIELDS}
