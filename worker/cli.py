@@ -21,11 +21,9 @@ import redis
 from embedq import connection
 from embedq.extras import MissingExtra, require
 
-from .settings import ENV, Settings, SettingsError
+from .settings import ENV, FIELD_TYPES, Settings, SettingsError
 
 log = logging.getLogger("embedq.worker")
-
-_TYPES = {"int": int, "float": float}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         shown = {None: "auto", MISSING: "hostname-pid"}.get(f.default, f.default)
         flag = "--" + f.name.replace("_", "-")
         options: dict[str, Any] = {"dest": f.name, "default": None}
-        if str(f.type) == "bool":
+        if FIELD_TYPES[f.name] is bool:
             options["action"] = argparse.BooleanOptionalAction
         else:
-            options["type"] = _TYPES.get(str(f.type), str)
+            options["type"] = FIELD_TYPES[f.name]
         run_parser.add_argument(flag, help=f"env {ENV[f.name]} (default: {shown!r})", **options)
         if f.name in ("redis_url", "queue", "worker_id", "max_attempts", "reply_ttl", "dead_max"):
             for p in (health, reap):

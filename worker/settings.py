@@ -195,21 +195,25 @@ ENV: dict[str, str] = {
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _parser(kind: Any) -> Callable[[str], Any]:
-    """How a value of type ``kind`` is read from its environment variable (``X | None`` as X)."""
+def _base_type(kind: Any) -> type:
+    """The type a setting holds (``X | None`` as X): bool, int, float or str."""
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     base = args[0] if args else kind
-    if base is bool:
-        return parse_bool
-    if base in (int, float, str):
-        return typing.cast(Callable[[str], Any], base)
-    raise TypeError(f"no parser for settings of type {kind!r}")
+    if base not in (bool, int, float, str):
+        raise TypeError(f"no parser for settings of type {kind!r}")
+    return typing.cast(type, base)
 
+
+FIELD_TYPES: dict[str, type] = {
+    name: _base_type(kind) for name, kind in typing.get_type_hints(Settings).items() if name in ENV
+}
+"""Setting name -> the type of its value, from the field's real annotation (env and flags parse by it)."""
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    name: _parser(kind) for name, kind in typing.get_type_hints(Settings).items() if name in ENV
+    name: parse_bool if kind is bool else typing.cast(Callable[[str], Any], kind)
+    for name, kind in FIELD_TYPES.items()
 }
-"""Setting name -> how its environment variable is parsed, from the field's real type."""
+"""Setting name -> how its environment variable is parsed."""
 
 
 def _parse(name: str, var: str, raw: str, parser: Callable[[str], Any]) -> Any:
