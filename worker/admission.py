@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .lane import Taken
 from .metrics import Metrics
@@ -20,57 +20,85 @@ from .outcomes import Outcomes
 log = logging.getLogger("embedq.worker")
 
 EWMA_ALPHA = 0.2
-"""Weight of the newest encode time in the per-size moving average."""
+"""Weight of the newest encode in the cost model's correction."""
+CORRECTION_RANGE = (0.25, 4.0)
+"""The correction never strays further from the warm-up fit than this (one odd encode, a noisy
+neighbour on the host, must not make every request look late or every batch look free)."""
 SKIP_LOG_EVERY_S = 10.0
 """Skipped (past-deadline) requests are logged at most this often, as a count."""
 
 
 @dataclass
-class EncodeEstimate:
-    """How long an encode of n texts is expected to take: a moving average per batch size,
-    first measured at warm-up (1 text and a full batch, with the sizes between interpolated).
-    Per size, not per text: a batch of 8 costs far less than 8 batches of 1, and an estimate that
-    assumed otherwise would refuse requests that could be answered in time."""
+class CostModel:
+    """How long an encode of ``n`` texts padded to ``tokens`` tokens is expected to take:
+    ``base_ms + per_token_ms * n * tokens``, fitted by least squares to encodes timed at warm-up
+    (a short text, a full batch of them, a text as long as the model's window), then kept honest
+    by a moving average of measured / predicted. Calibrated per model: on all-MiniLM-L6-v2 a batch
+    costs milliseconds, on multilingual-e5-large seconds, and the same settings must hold on both.
+    """
 
-    by_size: dict[int, float] = field(default_factory=dict)
+    base_ms: float = 0.0
+    per_token_ms: float = 0.0
+    correction: float = 1.0
+    """Measured / predicted, averaged over recent encodes (kept within ``CORRECTION_RANGE``)."""
 
-    def calibrate(self, one_ms: float, full_ms: float, full: int) -> None:
-        """Set the estimate from a measured encode of 1 text and of ``full`` texts."""
-        for n in range(1, full + 1):
-            self.by_size[n] = one_ms + (full_ms - one_ms) * (n - 1) / max(1, full - 1)
+    @property
+    def calibrated(self) -> bool:
+        """True once warm-up measurements set the model."""
+        return self.base_ms > 0 or self.per_token_ms > 0
 
-    def add(self, texts: int, ms: float) -> None:
-        """One encode of ``texts`` texts took ``ms``."""
-        if texts <= 0:
-            return
-        old = self.by_size.get(texts)
-        self.by_size[texts] = ms if old is None else (1 - EWMA_ALPHA) * old + EWMA_ALPHA * ms
+    def calibrate(self, samples: Sequence[tuple[int, int, float]]) -> None:
+        """Fit to measured encodes, each ``(texts, padded tokens, ms)``."""
+        xs = [float(n * tokens) for n, tokens, _ in samples]
+        ys = [ms for _, _, ms in samples]
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        spread = sum((x - mean_x) ** 2 for x in xs)
+        slope = (
+            sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread if spread else 0.0
+        )
+        self.per_token_ms = max(0.0, slope)
+        self.base_ms = max(0.0, mean_y - self.per_token_ms * mean_x)
+        if not self.calibrated:  # all encodes took no time at all: count a token as a microsecond
+            self.per_token_ms = 0.001
+        self.correction = 1.0
 
-    def expected_ms(self, texts: int) -> float:
-        """Expected encode time of ``texts`` texts (0 before anything was measured)."""
-        if texts in self.by_size:
-            return self.by_size[texts]
-        if not self.by_size:
+    def expected_ms(self, texts: int, tokens: int) -> float:
+        """Expected encode time of ``texts`` texts padded to ``tokens`` tokens (0 before calibration)."""
+        if texts <= 0 or not self.calibrated:
             return 0.0
-        largest = max(self.by_size)
-        return self.by_size[largest] * texts / largest
+        return (self.base_ms + self.per_token_ms * texts * max(1, tokens)) * self.correction
+
+    def add(self, texts: int, tokens: int, ms: float) -> None:
+        """One encode of ``texts`` texts padded to ``tokens`` tokens took ``ms``."""
+        if texts <= 0 or not self.calibrated:
+            return
+        predicted = (self.base_ms + self.per_token_ms * texts * max(1, tokens)) or 1e-9
+        ratio = min(CORRECTION_RANGE[1], max(CORRECTION_RANGE[0], ms / predicted))
+        self.correction = (1 - EWMA_ALPHA) * self.correction + EWMA_ALPHA * ratio
+
+    def as_dict(self) -> dict[str, float]:
+        """What the heartbeat reports of it."""
+        return {
+            "base_ms": round(self.base_ms * self.correction, 3),
+            "per_token_ms": round(self.per_token_ms * self.correction, 6),
+        }
 
 
 class Admission:
     """Decides, per batch, which requests go on to the encoder; counts and logs the rest."""
 
-    def __init__(self, estimate: EncodeEstimate, metrics: Metrics) -> None:
-        self.estimate = estimate
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._skipped_since_log = 0
         self._next_skip_log = 0.0
 
-    def admit(self, live: Sequence[Taken], now_ms: int, lane: str, out: Outcomes) -> list[Taken]:
+    def admit(
+        self, live: Sequence[Taken], now_ms: int, lane: str, out: Outcomes, *, encode_ms: float
+    ) -> list[Taken]:
         """The requests that can still be answered in time; the others are skipped unencoded:
         past their deadline (their producer has gone: no reply), or unable to meet it given this
-        batch's expected encode time (a ``deadline_exceeded`` error, so the producer hears why)."""
-        texts = sum(t.size for t in live)
-        encode_ms = self.estimate.expected_ms(texts)
+        batch's expected encode time ``encode_ms`` (a ``deadline_exceeded`` error, so the
+        producer hears why)."""
         finish_ms = now_ms + encode_ms
         keep: list[Taken] = []
         skipped = 0

@@ -1,11 +1,12 @@
 """Micro-batching: when to stop gathering requests and encode. Pure logic, no Redis, no model.
 
 The worker asks ``Batcher.next_batch`` for the next group of requests. The batcher blocks for a
-first request, then keeps taking until the batch holds ``max_batch`` texts or the policy says
-the wait is over: ``BatchPolicy`` waits out a fixed window (the design record's),
-``AdaptivePolicy`` only while requests keep arriving. The wait is timed here, with a short
-poll, not as a Redis blocking-pop timeout: Redis rounds those up to its ``hz`` tick (~100 ms
-at the default ``hz 10``).
+first request, then keeps taking until the batch holds ``max_batch`` texts, its expected encode
+time reaches the budget (``cost_of``, ``budget_ms``: on a large model a few long passages already
+cost seconds), or the policy says the wait is over: ``BatchPolicy`` waits out a fixed window
+(the design record's), ``AdaptivePolicy`` only while requests keep arriving. The wait is timed
+here, with a short poll, not as a Redis blocking-pop timeout: Redis rounds those up to its
+``hz`` tick (~100 ms at the default ``hz 10``).
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ class Batcher(Generic[T]):
     """Forms batches from a source under a policy, carrying over what does not fit.
 
     ``size_of`` gives an item's number of texts (0 for a request that will be refused without
-    encoding). Items stay in arrival order: once one does not fit, the batch is closed and it
-    leads the next one.
+    encoding); ``cost_of`` the expected encode ms of items as one batch, which must stay within
+    ``budget_ms`` (0: no cap) unless the batch is a single item. Items stay in arrival order: once
+    one does not fit, the batch is closed and it leads the next one.
     """
 
     def __init__(
@@ -124,10 +126,14 @@ class Batcher(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         poll_s: float = DEFAULT_POLL_S,
+        cost_of: Callable[[Sequence[T]], float] | None = None,
+        budget_ms: float = 0.0,
     ) -> None:
         self.policy = policy
         self.source = source
         self.size_of = size_of
+        self.cost_of = cost_of
+        self.budget_ms = budget_ms
         self.clock = clock
         self.sleep = sleep
         self.poll_s = poll_s
@@ -152,7 +158,7 @@ class Batcher(Generic[T]):
             while self.pending and not closed:
                 item, at = self.pending[0]
                 n = self.size_of(item)
-                if items and size + n > self.policy.max_batch:
+                if items and (size + n > self.policy.max_batch or self._over_budget([*items, item])):
                     closed = True
                     break
                 self.pending.popleft()
@@ -199,6 +205,9 @@ class Batcher(Generic[T]):
         self.last_wait_s = self.clock() - first_arrival
         self._last_count = len(items)
         return items
+
+    def _over_budget(self, items: Sequence[T]) -> bool:
+        return bool(self.budget_ms and self.cost_of is not None and self.cost_of(items) > self.budget_ms)
 
     def drain(self) -> list[T]:
         """Everything carried over and not yet batched (for putting back on shutdown)."""

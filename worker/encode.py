@@ -1,22 +1,27 @@
 """One batch through the model: its rows laid out once, token windows checked, the texts encoded
-in one call (each distinct text once), and a reply assembled per request.
+(each distinct text once), and a reply assembled per request.
 
-Nothing a request carries can fail the others: a batch whose encode raises is retried text by
-text, so only the bad text's request is retried (and, out of attempts, answered with an error).
+Tokens are counted once per request (``TokenCounter``): the batcher's cost cap, the window check
+and the cost model read the same counts. A batch whose expected encode time is over the budget
+(only a single large request can be: the batcher closes batches at the budget) is encoded in
+slices, and the worker serves waiting questions between them (``between``), so no batch holds
+the encoder much past the budget. Nothing a request carries can fail the others: a batch whose
+encode raises is retried text by text, so only the bad text's request is retried (and, out of
+attempts, answered with an error).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from embedq.protocol import Reply, Request
 
-from .admission import EncodeEstimate
+from .admission import CostModel
 from .cache import Cacheable
 from .encoder import Encoder
 from .lane import RedisQueue, Taken
@@ -24,6 +29,52 @@ from .metrics import Metrics
 from .outcomes import DeadLetter, Outcomes
 
 log = logging.getLogger("embedq.worker")
+
+
+class TokenCounter:
+    """Token counts of taken requests (each text with its prefix and special tokens, uncut),
+    counted once per request while it is held."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self._counts: dict[str, tuple[int, ...]] = {}
+
+    def of(self, item: Taken) -> tuple[int, ...]:
+        """The counts of ``item``'s texts (empty for a refused request)."""
+        request = item.request
+        if request is None:
+            return ()
+        counts = self._counts.get(request.id)
+        if counts is None:
+            try:
+                counts = tuple(self.encoder.token_counts(request.texts, [request.kind] * len(request.texts)))
+            except Exception as exc:  # the encode will fail the same text, and say why
+                log.warning("cannot count the tokens of a request: %s: %s", type(exc).__name__, exc)
+                counts = (0,) * len(request.texts)
+            self._counts[request.id] = counts
+        return counts
+
+    def padded(self, items: Sequence[Taken]) -> tuple[int, int]:
+        """(texts, tokens each is padded to) of ``items`` as one batch, cut to the model's window."""
+        window = self.encoder.max_tokens
+        longest = 1
+        texts = 0
+        for item in items:
+            counts = self.of(item)
+            texts += len(counts)
+            for n in counts:
+                longest = max(longest, min(n, window) if window else n)
+        return texts, longest
+
+    def forget(self, items: Sequence[Taken]) -> None:
+        """Drop the counts of answered requests."""
+        for item in items:
+            if item.request is not None:
+                self._counts.pop(item.request.id, None)
+
+    def clear(self) -> None:
+        """Drop every count (what the worker held went back to the queue)."""
+        self._counts.clear()
 
 
 @dataclass(frozen=True)
@@ -69,6 +120,11 @@ class BatchRows:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens every text of the batch is padded to: its longest (after any cut), at least 1."""
+        return max((max(e.tokens, default=1) for e in self.entries), default=1)
+
 
 class BatchEncoder:
     """Runs batches through one encoder for one worker: windows, encode, replies."""
@@ -77,17 +133,23 @@ class BatchEncoder:
         self,
         encoder: Encoder,
         metrics: Metrics,
-        estimate: EncodeEstimate,
+        cost: CostModel,
         *,
         worker_id: str,
         truncate: bool,
         max_attempts: int,
+        budget_ms: float = 0.0,
         cache_kinds: Sequence[str] = (),
     ) -> None:
         self.encoder = encoder
         self.metrics = metrics
-        self.estimate = estimate
-        """Updated with every clean encode: deadline admission reads it."""
+        self.cost = cost
+        """Updated with every clean encode: the batcher's cap and deadline admission read it."""
+        self.tokens = TokenCounter(encoder)
+        self.budget_ms = budget_ms
+        """Longest an encode should hold the worker (0: no cap); a single text may take longer."""
+        self.between: Callable[[], object] | None = None
+        """Called between the slices of a batch over the budget: serves waiting questions."""
         self.worker_id = worker_id
         self.truncate = truncate
         self.max_attempts = max_attempts
@@ -103,13 +165,16 @@ class BatchEncoder:
         (``truncate: false``, or the worker's ``EMBED_TRUNCATE=false``)."""
         rows = BatchRows.of(items)
         window = self.encoder.max_tokens
-        if not window or not rows.texts:
+        if not rows.texts:
             return rows
-        counts = self.encoder.token_counts(list(rows.texts), list(rows.kinds))
         keep: list[Taken] = []
         details: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         for entry in rows.entries:
-            mine = counts[entry.rows.start : entry.rows.stop]
+            mine = self.tokens.of(entry.item)
+            if not window:  # no window: nothing is cut, and the counts still price the batch
+                keep.append(entry.item)
+                details.append((mine, ()))
+                continue
             over = tuple(i for i, n in enumerate(mine) if n > window)
             request = entry.request
             cut = self.truncate if request.truncate is None else request.truncate
@@ -140,26 +205,70 @@ class BatchEncoder:
     # --- encode and reply ------------------------------------------------------------------
 
     def encode_and_reply(self, rows: BatchRows, lane: RedisQueue, out: Outcomes) -> float:
-        """Encode ``rows`` in one call and add their replies to ``out``; a request whose text
-        failed goes to ``out.retry`` or, out of attempts, gets an error. Returns the encode ms."""
-        started = time.perf_counter()
-        vectors, failures = self.encode(list(rows.texts), list(rows.kinds))
-        encode_ms = (time.perf_counter() - started) * 1000.0
-        self.batches += 1
-        self.metrics.batch(len(rows), encode_ms / 1000.0, lane.lane)
-        failed: list[tuple[Entry, str]] = []
+        """Encode ``rows`` (in slices if they are over the budget) and add their replies to
+        ``out``; a request whose text failed goes to ``out.retry`` or, out of attempts, gets an
+        error. Returns the encode ms (all slices)."""
+        texts, kinds = list(rows.texts), list(rows.kinds)
+        vectors = np.zeros((len(texts), self.encoder.dim), np.float32)
+        failures: dict[int, str] = {}
+        encode_ms = 0.0
+        for n, part in enumerate(self.slices(rows)):
+            if n and self.between is not None:
+                self.between()
+            started = time.perf_counter()
+            got, failed = self.encode(texts[part.start : part.stop], kinds[part.start : part.stop])
+            ms = (time.perf_counter() - started) * 1000.0
+            vectors[part.start : part.stop] = got
+            failures.update({part.start + i: why for i, why in failed.items()})
+            encode_ms += ms
+            self.batches += 1
+            self.metrics.batch(len(part), ms / 1000.0, lane.lane)
+            if not failed:
+                self.cost.add(len(part), self._padded(rows, part), ms)
+        failed_entries: list[tuple[Entry, str]] = []
         for entry in rows.entries:
             bad = [i for i in entry.rows if i in failures]
             if bad:
                 why = f"text {bad[0] - entry.rows.start} could not be encoded: {failures[bad[0]]}"
-                failed.append((entry, why))
+                failed_entries.append((entry, why))
                 continue
             self._answer(entry, vectors[entry.rows.start : entry.rows.stop], encode_ms, len(rows), lane, out)
-        if failed:
-            self._retry_or_give_up(failed, lane, out)
-        if not failures:
-            self.estimate.add(len(rows), encode_ms)
+        if failed_entries:
+            self._retry_or_give_up(failed_entries, lane, out)
         return encode_ms
+
+    def slices(self, rows: BatchRows) -> list[range]:
+        """The row ranges to encode one at a time: all rows at once when they fit the budget (or
+        there is none), else consecutive slices that each fit it, of at least one text."""
+        whole = range(len(rows))
+        if not self.budget_ms or len(rows) <= 1:
+            return [whole]
+        if self.cost.expected_ms(len(rows), rows.padded_tokens) <= self.budget_ms:
+            return [whole]
+        lengths = [0] * len(rows)
+        for entry in rows.entries:
+            counts = entry.tokens or (1,) * len(entry.rows)
+            lengths[entry.rows.start : entry.rows.stop] = counts
+        out: list[range] = []
+        start, longest = 0, 1
+        for i, n in enumerate(lengths):
+            grown = max(longest, n)
+            if i > start and self.cost.expected_ms(i + 1 - start, grown) > self.budget_ms:
+                out.append(range(start, i))
+                start, grown = i, n
+            longest = max(1, grown)
+        out.append(range(start, len(rows)))
+        return out
+
+    @staticmethod
+    def _padded(rows: BatchRows, part: range) -> int:
+        """Tokens the rows of ``part`` are padded to."""
+        longest = 1
+        for entry in rows.entries:
+            for i, n in zip(entry.rows, entry.tokens, strict=False):
+                if i in part:
+                    longest = max(longest, n)
+        return longest
 
     def _answer(
         self,

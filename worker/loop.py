@@ -19,8 +19,8 @@ import redis
 from embedq.protocol import Heartbeat
 
 from . import report
-from .admission import Admission, EncodeEstimate
-from .batching import Batcher, make_policy
+from .admission import Admission, CostModel
+from .batching import Batcher, BatchPolicy, make_policy
 from .cache import CacheWriter
 from .encode import BatchEncoder
 from .encoder import Encoder
@@ -98,18 +98,26 @@ class Worker:
             max_wait_s=settings.batch_wait_ms / 1000.0,
             gap_s=settings.batch_gap_ms / 1000.0,
         )
-        self.batcher: Batcher[Taken] = Batcher(self.policy, self.queue, lambda t: t.size)
-        self.estimate = EncodeEstimate()
-        self.admission = Admission(self.estimate, self.metrics)
+        self.cost = CostModel()
+        self.admission = Admission(self.metrics)
         self.encoding = BatchEncoder(
             encoder,
             self.metrics,
-            self.estimate,
+            self.cost,
             worker_id=settings.worker_id,
             truncate=settings.truncate,
             max_attempts=settings.max_attempts,
+            budget_ms=settings.batch_budget_ms,
             cache_kinds=cache.kinds if cache is not None else (),
         )
+        self.encoding.between = self._questions_between_slices
+        capped = {"cost_of": self._batch_cost, "budget_ms": settings.batch_budget_ms}
+        self.batcher: Batcher[Taken] = Batcher(self.policy, self.queue, _texts, **capped)  # type: ignore[arg-type]
+        background = BatchPolicy(max_batch=settings.bulk_max_batch, max_wait_s=0.0)  # only what is queued
+        self.bulk_batcher: Batcher[Taken] = Batcher(background, self.bulk, _texts, **capped)  # type: ignore[arg-type]
+        self._online_streak = 0
+        """Online batches served since the last background one."""
+        self._slicing = False
         self._stopping = False
         self._next_depth = 0.0
 
@@ -125,15 +133,36 @@ class Worker:
         return self._stopping
 
     def warm_up(self) -> None:
-        """Encodes before serving, so the first real request does not pay for lazy setup; a
-        lone text and a full batch, timed, give the first encode-time estimate."""
+        """Encodes before serving, so the first real request does not pay for lazy setup, timed
+        to calibrate the cost model: a short text, a full batch of them, and a text as long as
+        the model's window (the three shapes that bound every batch's cost)."""
         self.encoder.encode(["warm-up"], ["query"])
-        timed = []
-        for n in (1, self.settings.max_batch):
+        window = self.encoder.max_tokens or 256
+        long_text = " ".join(f"warm-up{i % 10}" for i in range(window))
+        shapes = [
+            ["warm-up text 0"],
+            [f"warm-up text {i}" for i in range(self.settings.max_batch)],
+            [long_text],
+        ]
+        samples = []
+        for texts in shapes:
+            kinds = ["passage"] * len(texts)
+            counts = self.encoder.token_counts(texts, kinds)
+            padded = max(min(n, window) for n in counts)
             started = time.perf_counter()
-            self.encoder.encode([f"warm-up text {i}" for i in range(n)], ["query"] * n)
-            timed.append((time.perf_counter() - started) * 1000.0)
-        self.estimate.calibrate(timed[0], timed[1], self.settings.max_batch)
+            self.encoder.encode(texts, kinds)
+            samples.append((len(texts), padded, (time.perf_counter() - started) * 1000.0))
+        self.cost.calibrate(samples)
+        log.info(
+            "encode cost: %.1f ms + %.4f ms per token (a full batch of short texts %.0f ms, one %d-token "
+            "text %.0f ms); batch budget %s",
+            self.cost.base_ms,
+            self.cost.per_token_ms,
+            samples[1][2],
+            samples[2][1],
+            samples[2][2],
+            f"{self.settings.batch_budget_ms:g} ms" if self.settings.batch_budget_ms else "off",
+        )
 
     def describe(self) -> str:
         """The start-up line: everything that decides what vectors and latency a user gets."""
@@ -199,8 +228,11 @@ class Worker:
     def _leave(self) -> None:
         held = self.batcher.drain()
         self.queue.put_back(held)
-        if held:
-            log.info("put %d request(s) not yet started back on the queue", len(held))
+        background = self.bulk_batcher.drain()
+        self.bulk.put_back(background)
+        if held or background:
+            log.info("put %d request(s) not yet started back on the queue", len(held) + len(background))
+        self.encoding.tokens.clear()
         self.presence.leave()
 
     def _recover_from(self, exc: Exception) -> None:
@@ -210,6 +242,8 @@ class Worker:
             log.exception("unexpected error in the worker loop; carrying on")
         time.sleep(self.guard.failed(exc, "serving"))
         self.batcher.drain()
+        self.bulk_batcher.drain()
+        self.encoding.tokens.clear()
         self._until_ok(self._start, "recovering")
 
     def _until_ok(self, step: Callable[[], object], what: str, attempts: int = 0) -> bool:
@@ -232,22 +266,53 @@ class Worker:
     def serve_once(self, block: float = IDLE_BLOCK_S) -> int:
         """Answer one batch; returns the number of requests handled (0 when idle).
 
-        Online requests always go first: a bulk request is taken only when none is queued, one
-        per batch, so an online request waits behind at most one bulk batch. With nothing
-        queued, wait for a wake token (both kinds of producer leave one).
+        Questions go first: the online lane is served whenever it has requests, except that
+        after ``bulk_every`` online batches in a row the background lane (bulk jobs, documents,
+        multi-request calls) gets one batch if it has work, so it finishes even while questions
+        never stop. Every batch is capped by its expected cost (``batch_budget_ms``), so a
+        question waits behind at most one capped batch. With nothing queued, wait for a wake
+        token (every producer leaves one).
         """
+        if self._online_streak >= self.settings.bulk_every and (served := self._serve_background()):
+            return served
         batch = self.batcher.next_batch(block=0)
         if batch:
+            self._online_streak += 1
             self.process(batch)
             return len(batch)
-        bulk = self.bulk.take(1, block=0)
-        if bulk:
-            self.process(bulk, self.bulk)
-            return len(bulk)
+        if served := self._serve_background():
+            return served
         batch = self.batcher.next_batch(block=block)
         if batch:
+            self._online_streak += 1
             self.process(batch)
         return len(batch)
+
+    def _serve_background(self) -> int:
+        """One background batch, if the lane has work (its request count); resets the online
+        streak either way."""
+        self._online_streak = 0
+        batch = self.bulk_batcher.next_batch(block=0)
+        if batch:
+            self.process(batch, self.bulk)
+        return len(batch)
+
+    def _questions_between_slices(self) -> None:
+        """Between the slices of a batch over the budget: answer the questions waiting (one
+        batch), so none waits for the whole of a long batch."""
+        if self._slicing:
+            return
+        self._slicing = True
+        try:
+            batch = self.batcher.next_batch(block=0)
+            if batch:
+                self.process(batch)
+        finally:
+            self._slicing = False
+
+    def _batch_cost(self, items: Sequence[Taken]) -> float:
+        """Expected encode ms of ``items`` as one batch."""
+        return self.cost.expected_ms(*self.encoding.tokens.padded(items))
 
     def process(self, batch: Sequence[Taken], lane: RedisQueue | None = None) -> None:
         """Answer every request of a batch taken from ``lane`` (default: online): errors for
@@ -255,11 +320,12 @@ class Worker:
         lane = lane or self.queue
         out = Outcomes(self.settings.worker_id)
         live = self._refuse_rejected(batch, lane, out)
-        live = self.admission.admit(live, lane.now_ms(), lane.lane, out)
+        live = self.admission.admit(live, lane.now_ms(), lane.lane, out, encode_ms=self._batch_cost(live))
         rows = self.encoding.check_windows(live, out)
         encode_ms = self.encoding.encode_and_reply(rows, lane, out) if rows.entries else 0.0
         started = time.perf_counter()
         self._finish(batch, lane, out)
+        self.encoding.tokens.forget(batch)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "batch %d (%s): %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",
@@ -306,3 +372,8 @@ class Worker:
             log.warning(
                 "%d reply key(s) held another type: those requests were dead-lettered", len(undeliverable)
             )
+
+
+def _texts(item: Taken) -> int:
+    """Texts an item adds to a batch."""
+    return item.size

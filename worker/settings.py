@@ -51,6 +51,15 @@ class Settings:
     truncate: bool = True
     """A text longer than the model's token window: cut it as the model does, and say so in the
     reply (True), or refuse it with ``text_too_long`` (False). A request's ``truncate`` wins."""
+    batch_budget_ms: float = 500.0
+    """The longest one encode should hold the worker, by the cost model calibrated at warm-up:
+    a batch stops growing at it, and a single request over it is encoded in slices with waiting
+    questions answered between them (a single text may take longer; 0: no cap). The default
+    fits a full batch of 8 questions on multilingual-e5-large (about 420 ms on 2 threads) and
+    bounds what a question waits behind a batch of documents."""
+    bulk_every: int = 4
+    """While questions keep coming, the background lane (bulk jobs, documents, multi-request
+    calls) still gets one batch after this many online batches in a row: its guaranteed share."""
     bulk_max_batch: int = 8
     """Most texts in one bulk request, which is encoded as one batch. On 2 CPU cores texts/s
     stops growing at 8 while an online request's wait behind the batch keeps growing."""
@@ -99,6 +108,8 @@ class Settings:
             "max_text_chars": self.max_text_chars >= 1,
             "max_request_bytes": self.max_request_bytes >= 0,
             "bulk_max_batch": self.bulk_max_batch >= 1,
+            "batch_budget_ms": self.batch_budget_ms >= 0,
+            "bulk_every": self.bulk_every >= 1,
             "reply_ttl": self.reply_ttl >= 1,
             "dead_max": self.dead_max >= 1,
             "max_attempts": self.max_attempts >= 1,
@@ -172,6 +183,8 @@ ENV: dict[str, str] = {
     "max_request_bytes": "EMBED_MAX_REQUEST_BYTES",
     "truncate": "EMBED_TRUNCATE",
     "bulk_max_batch": "EMBED_BULK_MAX_BATCH",
+    "batch_budget_ms": "EMBED_BATCH_BUDGET_MS",
+    "bulk_every": "EMBED_BULK_EVERY",
     "query_prefix": "EMBED_QUERY_PREFIX",
     "passage_prefix": "EMBED_PASSAGE_PREFIX",
     "reply_ttl": "EMBED_REPLY_TTL",

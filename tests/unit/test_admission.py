@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 
 from embedq.protocol import Request
-from embedq.worker.admission import EncodeEstimate
+from embedq.worker.admission import CostModel
 from tests.support.worker_harness import KEYS, make_worker, push, reply_of, request
 
 
@@ -32,7 +32,7 @@ def test_a_request_that_cannot_make_its_deadline_is_refused_and_a_late_answer_co
 ) -> None:
     worker, encoder = make_worker(r)
     encoder.delay = 0.2
-    worker.estimate.calibrate(200.0, 200.0, 8)  # every batch takes about 200 ms
+    worker.cost.calibrate([(1, 3, 200.0), (8, 3, 200.0)])  # every batch takes about 200 ms
     tight, roomy = request("tight", timeout=0.1), request("roomy", timeout=30)
     push(r, tight, roomy)
     worker.serve_once(block=0.01)
@@ -41,7 +41,7 @@ def test_a_request_that_cannot_make_its_deadline_is_refused_and_a_late_answer_co
     assert reply_of(r, roomy).ok
     assert encoder.calls == [1]  # only the request that could be answered in time was encoded
     assert (worker.counts["late"], worker.counts.get("late_texts", 0)) == (1, 0)
-    worker.estimate.calibrate(1.0, 1.0, 8)  # the estimate is wrong now: the answer comes late
+    worker.cost.calibrate([(1, 3, 1.0), (8, 3, 1.0)])  # the estimate is wrong now: the answer comes late
     slow = request("slow", timeout=0.1)
     push(r, slow)
     worker.serve_once(block=0.01)
@@ -49,14 +49,19 @@ def test_a_request_that_cannot_make_its_deadline_is_refused_and_a_late_answer_co
     assert worker.counts["late_texts"] == 1  # encoded for nobody: counted
 
 
-def test_the_encode_estimate_is_per_batch_size() -> None:
-    estimate = EncodeEstimate()
-    assert estimate.expected_ms(8) == 0.0
-    estimate.calibrate(10.0, 24.0, 8)
-    assert (estimate.expected_ms(1), estimate.expected_ms(8)) == (10.0, 24.0)
-    assert estimate.expected_ms(4) == 16.0 and estimate.expected_ms(16) == 48.0
-    estimate.add(8, 34.0)
-    assert estimate.expected_ms(8) == pytest.approx(26.0)
+def test_the_cost_model_fits_texts_times_padded_tokens_and_follows_measurements() -> None:
+    cost = CostModel()
+    assert cost.expected_ms(8, 100) == 0.0  # nothing measured yet: nothing is refused on a guess
+    cost.calibrate([(1, 10, 12.0), (8, 10, 40.0), (1, 256, 110.0)])  # base + per token x texts x tokens
+    assert cost.base_ms == pytest.approx(8.0, abs=0.5) and cost.per_token_ms == pytest.approx(0.4, abs=0.01)
+    assert cost.expected_ms(4, 200) == pytest.approx(cost.base_ms + cost.per_token_ms * 800)
+    before = cost.expected_ms(8, 10)
+    for _ in range(30):
+        cost.add(8, 10, 2 * before)  # the host got slower: the estimate follows
+    assert cost.expected_ms(8, 10) == pytest.approx(2 * before, rel=0.05)
+    for _ in range(30):
+        cost.add(8, 10, 1000 * before)  # one wild measurement series cannot run away with it
+    assert cost.expected_ms(8, 10) <= 4.01 * cost.expected_ms(8, 10) / cost.correction
 
 
 def test_admission_keeps_what_can_finish_in_time_and_says_why_for_the_rest() -> None:
@@ -65,8 +70,6 @@ def test_admission_keeps_what_can_finish_in_time_and_says_why_for_the_rest() -> 
     from embedq.worker.metrics import Metrics
     from embedq.worker.outcomes import Outcomes
 
-    estimate = EncodeEstimate()
-    estimate.calibrate(100.0, 100.0, 8)  # every batch: about 100 ms
     metrics = Metrics()
     now = 1_000_000
 
@@ -76,7 +79,7 @@ def test_admission_keeps_what_can_finish_in_time_and_says_why_for_the_rest() -> 
 
     gone, tight, roomy = taken(now - 1), taken(now + 50), taken(now + 5_000)
     out = Outcomes("w1")
-    kept = Admission(estimate, metrics).admit([gone, tight, roomy], now, "online", out)
+    kept = Admission(metrics).admit([gone, tight, roomy], now, "online", out, encode_ms=100.0)
     assert kept == [roomy]
     assert [(r.id, r.code) for r in out.replies] == [(tight.request.id, "deadline_exceeded")]  # type: ignore[union-attr]
     assert "waited 40 ms" in (out.replies[0].message or "") and out.counts == ["late"]

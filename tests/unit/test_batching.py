@@ -237,3 +237,33 @@ def test_adaptive_waits_out_the_gap_when_fewer_come_back() -> None:
     source.arrivals = [(1.0005, ["e"]), (1.001, ["f"]), (1.05, ["late"])]
     assert batcher.next_batch(block=1.0) == ["e", "f"]
     assert clock.now == pytest.approx(1.003, abs=0.0011)  # one gap (2 ms) after the last arrival
+
+
+def test_a_batch_closes_at_its_cost_budget_and_the_rest_leads_the_next() -> None:
+    clock = FakeClock()
+    source = ScriptedSource(clock, [(0.0, ["a/2", "b/2", "c/2", "d/1"])])
+
+    def cost(items: Sequence[str]) -> float:  # 40 ms a text
+        return 40.0 * sum(size_of(i) for i in items)
+
+    batcher = Batcher(
+        BatchPolicy(max_batch=8, max_wait_s=0.0),
+        source,
+        size_of,
+        clock=clock,
+        sleep=clock.sleep,
+        cost_of=cost,
+        budget_ms=170.0,
+    )
+    assert batcher.next_batch(block=0.1) == ["a/2", "b/2"]  # 160 ms; a third would be 240
+    assert batcher.next_batch(block=0.1) == ["c/2", "d/1"]
+    over = Batcher(
+        BatchPolicy(max_batch=8, max_wait_s=0.0),
+        ScriptedSource(clock, [(clock.now, ["huge/8"])]),
+        size_of,
+        clock=clock,
+        sleep=clock.sleep,
+        cost_of=cost,
+        budget_ms=170.0,
+    )
+    assert over.next_batch(block=0.1) == ["huge/8"]  # alone over the budget: still one batch

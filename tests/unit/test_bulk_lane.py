@@ -1,5 +1,6 @@
-"""The worker's bulk lane on fakeredis: online requests always first, one bulk request per batch,
-bulk limits, and nothing of the bulk lane lost when a worker dies."""
+"""The worker's background (bulk) lane on fakeredis: questions first, the background's guaranteed
+share, batches capped by texts and by expected cost, a request over the budget encoded in slices
+with questions answered between them, and nothing of the lane lost when a worker dies."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def reply_of(r: fakeredis.FakeRedis, req: Request):
 
 
 def test_online_requests_go_before_every_waiting_bulk_request(r: fakeredis.FakeRedis) -> None:
-    worker, encoder = make_worker(r)
+    worker, encoder = make_worker(r, bulk_max_batch=2)
     bulk = [request(f"doc {i}", f"doc {i}b") for i in range(3)]
     r.rpush(KEYS.bulk, *(b.pack() for b in bulk))
     online = [request(f"q {i}", kind="query") for i in range(3)]
@@ -48,7 +49,7 @@ def test_online_requests_go_before_every_waiting_bulk_request(r: fakeredis.FakeR
     assert worker.serve_once(block=0.01) == 3  # all online requests, one batch
     assert encoder.calls == [3]
     assert r.llen(KEYS.bulk) == 3
-    assert worker.serve_once(block=0.01) == 1  # then one bulk request, alone
+    assert worker.serve_once(block=0.01) == 1  # then one bulk request (two texts fill the batch)
     assert encoder.calls == [3, 2]
     late = request("late question", kind="query")
     r.rpush(KEYS.queue, late.pack())
@@ -67,12 +68,58 @@ def test_online_requests_go_before_every_waiting_bulk_request(r: fakeredis.FakeR
     assert r.llen(KEYS.bulk_processing("w1")) == 0
 
 
-def test_a_bulk_request_is_never_merged_with_another(r: fakeredis.FakeRedis) -> None:
-    worker, encoder = make_worker(r)
-    r.rpush(KEYS.bulk, *(request("a").pack() for _ in range(4)))
+def test_background_requests_are_merged_up_to_the_bulk_batch(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r, bulk_max_batch=3)
+    r.rpush(KEYS.bulk, *(request(f"a{i}").pack() for i in range(4)))
     while worker.serve_once(block=0.01):
         pass
-    assert encoder.calls == [1, 1, 1, 1]
+    assert encoder.calls == [3, 1]
+
+
+def test_the_background_gets_its_share_while_questions_never_stop(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r, bulk_every=2, bulk_max_batch=1)
+    docs = [request(f"doc {i}") for i in range(3)]
+    r.rpush(KEYS.bulk, *(d.pack() for d in docs))
+    lanes = []
+    for i in range(9):  # a question is always waiting
+        r.rpush(KEYS.queue, request(f"q {i}", kind="query").pack())
+        worker.serve_once(block=0.01)
+        lanes.append("bulk" if r.llen(KEYS.queue) else "online")
+    assert lanes == ["online", "online", "bulk"] * 3
+    assert all(reply_of(r, d).ok for d in docs)
+
+
+def test_batches_stop_at_the_budget_by_the_calibrated_cost(r: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(r, batch_budget_ms=100)
+    worker.cost.calibrate([(1, 4, 30.0), (2, 4, 50.0)])  # 10 ms + 5 ms per token: 30 ms a 4-token text
+    r.rpush(KEYS.bulk, *(request(f"w{i}").pack() for i in range(6)))  # "passage: w0": 4 tokens here
+    while worker.serve_once(block=0.01):
+        pass
+    assert encoder.calls == [4, 2]  # 10 + 5*4*4 = 90 ms fits, a fifth text (110 ms) does not
+
+
+def test_a_request_over_the_budget_is_sliced_and_questions_are_answered_between(
+    r: fakeredis.FakeRedis,
+) -> None:
+    worker, encoder = make_worker(r, batch_budget_ms=100)
+    worker.cost.calibrate([(1, 4, 30.0), (2, 4, 50.0)])
+    big = request(*[f"w{i}" for i in range(8)])  # 170 ms expected: two slices
+    r.rpush(KEYS.bulk, big.pack())
+    question = request("urgent", kind="query")
+    original = encoder.encode
+
+    def encode_and_ask(texts, kinds):  # a question arrives while the first slice is encoded
+        if encoder.calls == [] and texts[0] == "w0":
+            r.rpush(KEYS.queue, question.pack())
+        return original(texts, kinds)
+
+    encoder.encode = encode_and_ask  # type: ignore[method-assign]
+    worker.serve_once(block=0.01)
+    assert encoder.calls == [4, 1, 4]  # a slice, the question, the other slice
+    assert reply_of(r, question).ok
+    reply = reply_of(r, big)
+    np.testing.assert_array_equal(reply.vectors, np.stack([fake_vector("passage", t) for t in big.texts]))
+    assert reply.batch_size == 8 and r.llen(KEYS.bulk_processing("w1")) == 0
 
 
 def test_bulk_requests_have_their_own_size_limit(r: fakeredis.FakeRedis) -> None:
