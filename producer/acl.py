@@ -55,9 +55,9 @@ class AclRules:
         if self.role == "producer":
             return [
                 *base,
-                f"(+evalsha +eval %RW~{keys.queue} %RW~{keys.wake})",
-                f"(+rpush %W~{keys.queue} %W~{keys.wake})",
-                f"(+llen %R~{keys.queue})",
+                f"(+evalsha +eval %RW~{keys.queue} %RW~{keys.bulk} %RW~{keys.wake})",
+                f"(+rpush %W~{keys.queue} %W~{keys.bulk} %W~{keys.wake})",
+                f"(+llen %R~{keys.queue} %R~{keys.bulk})",
                 wake,
                 replies,
                 watch,

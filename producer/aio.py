@@ -9,7 +9,7 @@ import numpy as np
 import redis.asyncio
 
 from .base import ClientBase
-from .call import WINDOW, Call, check_pushed, redis_errors
+from .call import Call, check_pushed, redis_errors
 
 
 class AsyncEmbeddingClient(ClientBase):
@@ -22,15 +22,15 @@ class AsyncEmbeddingClient(ClientBase):
         order; ``QueueFull`` if the queue already holds ``max_queue`` requests."""
         with redis_errors(self._where):
             await self.clock.sync_async(self.redis)
-            for args in self._enqueue_args(calls, limit):
-                pushed = await self._enqueue(keys=self._enqueue_keys, args=args)
-                check_pushed(int(pushed), self.keys.queue, self.max_queue)
+            for keys, args in self._pushes(calls, limit):
+                pushed = await self._enqueue(keys=keys, args=args)
+                check_pushed(int(pushed), keys[0], self.max_queue)
 
     async def wait(self, call: Call) -> np.ndarray:
         """Wait until every request of ``call`` is answered; the vectors in input order."""
         while not call.done:
-            if call.unsent and call.in_flight < WINDOW:
-                await self.send(call, limit=WINDOW - call.in_flight)
+            if call.room:
+                await self.send(call, limit=call.room)
             with redis_errors(self._where):
                 popped = await self.redis.blpop(call.pending_keys(), timeout=call.remaining())
             if popped is None:
@@ -52,8 +52,8 @@ class AsyncEmbeddingClient(ClientBase):
             return np.zeros((0, 0), dtype=np.float32)
         if self.cache is not None:
             call.use_cached(await self.cache.alookup(call.kind, call.texts, self.redis))
-        if call.unsent:
-            await self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
+        if call.room:
+            await self.send(call, limit=call.room)  # the rest stream in as replies come (see Call)
         return await self.wait(call)
 
     async def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:

@@ -137,11 +137,16 @@ class ClientBase:
             texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout, truncate=truncate
         )
 
-    def _enqueue_args(self, calls: Sequence[Call], limit: int | None) -> list[list[bytes | int]]:
+    def _pushes(self, calls: Sequence[Call], limit: int | None) -> list[tuple[list[str], list[bytes | int]]]:
+        """(keys, args) of each enqueue script call that sends ``calls``' next requests: one
+        round trip per lane (and per PUSH_SLICE requests), in order within each lane."""
         now = self.clock.now_ms()
-        payloads = [p for c in calls for p in c.payloads(now, limit)]
-        return list(push_slices(payloads, self.max_queue))
-
-    @property
-    def _enqueue_keys(self) -> list[str]:
-        return [self.keys.queue, self.keys.wake]
+        by_list: dict[str, list[bytes]] = {}
+        for call in calls:
+            by_list.setdefault(call.queue, []).extend(call.payloads(now, limit))
+        return [
+            ([queue, self.keys.wake], args)
+            for queue, payloads in by_list.items()
+            if payloads
+            for args in push_slices(payloads, self.max_queue)
+        ]

@@ -29,7 +29,8 @@ from .errors import (
     InvalidInput,
     QueueFull,
 )
-from .protocol import KINDS, WAKE_TOKENS_MAX, Keys, Reply, Request, shorten, split, unpack_reply
+from .flow import FlowControl
+from .protocol import KINDS, WAKE_TOKENS_MAX, Keys, Reply, Request, shorten, unpack_reply
 
 MIN_WAIT = 0.001
 """Below this many seconds left a call counts as timed out (BLPOP's 0 would mean 'forever')."""
@@ -96,9 +97,13 @@ def check_timeout(timeout: float) -> float:
 class Call:
     """The requests of one embedding call and the replies gathered so far.
 
-    The texts are planned into chunks of at most ``max_batch`` at once; each chunk becomes a
-    ``Request`` only when it is sent (``payloads``), stamped then on the Redis clock, so a
-    request is built exactly once, with the deadline it travels with.
+    A call of questions that fits one request (``max_batch`` texts) goes to the online lane, the
+    workers' first priority. Everything else (passages, and calls of several requests) goes to
+    the background lane, which workers serve when no question waits (and for a guaranteed
+    share while questions never stop): a chatbot's questions never wait behind its documents.
+    A background call is sent longest texts first, a window of requests at a time, each request
+    sized by what the replies say (``FlowControl``); the vectors come back in input order. Each
+    ``Request`` is built once, when it is sent, with the deadline it travels with.
     """
 
     def __init__(
@@ -119,6 +124,9 @@ class Call:
         self.kind = kind
         self.truncate = truncate
         self.max_batch = max_batch
+        self.lane = "online" if kind == "query" and len(self.texts) <= max_batch else "bulk"
+        """Which list the requests go to: ``online`` (a question) or ``bulk`` (the background)."""
+        self.flow = FlowControl.for_timeout(self.timeout, max_batch=max_batch)
         self.started = time.monotonic()
         self.progress_at = self.started
         """When the call last made progress (sent, or got a reply): its timeout counts from here."""
@@ -126,14 +134,27 @@ class Call:
         """Texts the query cache answered (by index into ``texts``): they are never sent."""
         self.requests: list[Request] = []
         """The requests sent so far, in order (built when sent)."""
+        self.chunks: list[list[int]] = []
+        """Indexes into ``texts`` of each sent request, in ``requests`` order."""
         self.replies: list[Reply | None] = []
         """Each sent request's reply once answered: timings, batch size and worker, for monitoring."""
         self._slot: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
+        """Reply key -> slot, of the requests sent and not yet answered."""
         self._plan(range(len(self.texts)))
 
     def _plan(self, todo: Sequence[int]) -> None:
-        self.chunks: list[list[int]] = split(list(todo), self.max_batch)
-        """Indexes into ``texts`` of each request to send, in order."""
+        order = list(todo)
+        if self.lane == "bulk":  # longest first: similar lengths batch together (less padding)
+            order.sort(key=lambda i: -len(self.texts[i]))
+        self._todo = order
+        """Indexes into ``texts`` still to send, in sending order."""
+        self._cursor = 0
+
+    @property
+    def queue(self) -> str:
+        """The request list this call's requests go to."""
+        return self.keys.queue if self.lane == "online" else self.keys.bulk
 
     def use_cached(self, hits: Hits) -> None:
         """Take the query cache's answers before anything is sent: only the rest becomes requests."""
@@ -149,6 +170,15 @@ class Call:
         """Requests pushed so far (they go in order)."""
         return len(self.requests)
 
+    @property
+    def room(self) -> int:
+        """Requests that may be sent now: the window's free places while texts are left."""
+        if not self.unsent:
+            return 0
+        if self.lane == "online":
+            return 1
+        return max(0, self.flow.window - self.in_flight)
+
     def payloads(self, now_ms: int, limit: int | None = None) -> list[bytes]:
         """The next requests not yet sent (all, or at most ``limit``), built now and packed in
         input order for one RPUSH. ``now_ms`` is Redis time now; each deadline is the time this
@@ -159,9 +189,11 @@ class Call:
             left = self.timeout
         else:
             left = self.timeout - (time.monotonic() - self.progress_at)
-        end = len(self.chunks) if limit is None else min(len(self.chunks), self.sent + limit)
-        out = []
-        for chunk in self.chunks[self.sent : end]:
+        out: list[bytes] = []
+        while self.unsent and (limit is None or len(out) < limit):
+            size = self.max_batch if self.lane == "online" else self.flow.texts_per_request()
+            chunk = self._todo[self._cursor : self._cursor + size]
+            self._cursor += len(chunk)
             request = Request.new(
                 self.kind,
                 [self.texts[i] for i in chunk],
@@ -169,30 +201,32 @@ class Call:
                 timeout_s=left,
                 truncate=self.truncate,
             )
-            self._slot[self.keys.reply(request.id)] = len(self.requests)
+            key = self.keys.reply(request.id)
+            self._slot[key] = self._pending[key] = len(self.requests)
             self.requests.append(request)
+            self.chunks.append(chunk)
             self.replies.append(None)
             out.append(request.pack())
         return out
 
     @property
     def unsent(self) -> int:
-        """Requests not yet pushed."""
-        return len(self.chunks) - self.sent
+        """Texts not yet sent."""
+        return len(self._todo) - self._cursor
 
     @property
     def in_flight(self) -> int:
         """Requests pushed and not yet answered."""
-        return sum(1 for r in self.replies if r is None)
+        return len(self._pending)
 
     def pending_keys(self) -> list[str]:
         """Reply keys of sent requests still unanswered."""
-        return [k for k, i in self._slot.items() if self.replies[i] is None]
+        return list(self._pending)
 
     @property
     def done(self) -> bool:
         """True once every request has its vectors."""
-        return not self.unsent and all(r is not None for r in self.replies)
+        return not self.unsent and not self._pending
 
     def remaining(self) -> float:
         """Seconds left before the call's timeout (since its last progress); raises
@@ -203,7 +237,7 @@ class Call:
             reason = ""
             if answered:
                 reason = (
-                    f"{answered} of {len(self.chunks)} requests were answered, then none for "
+                    f"{answered} of {len(self.requests)} requests sent were answered, then none for "
                     f"{self.timeout:g}s: the workers stopped or fell behind (embedq status)"
                 )
             raise EmbeddingTimeout(
@@ -248,7 +282,9 @@ class Call:
                 reply.id,
             )
         self.replies[slot] = reply
+        self._pending.pop(name, None)
         self.progress_at = time.monotonic()
+        self.flow.on_reply(reply.queue_ms, reply.encode_ms, reply.batch_size)
 
     @property
     def tokens(self) -> int:
@@ -269,19 +305,19 @@ class Call:
     def result(self) -> np.ndarray:
         """All vectors as one float32 matrix, rows in input order."""
         parts = [r.vectors for r in self.replies if r is not None and r.vectors is not None]
-        if not len(self.cached):
-            return np.vstack(parts) if parts else np.zeros((0, 0), dtype=np.float32)
-        dim = len(next(iter(self.cached.vectors.values())))
-        out = np.empty((len(self.texts), dim), dtype=np.float32)
+        dims = {p.shape[1] for p in parts} | {len(v) for v in self.cached.vectors.values()}
+        if len(dims) > 1:
+            raise EmbeddingError(
+                "bad_reply",
+                f"this call's vectors have {sorted(dims)} dimensions: the model changed during it",
+            )
+        if not dims:
+            return np.zeros((0, 0), dtype=np.float32)
+        out = np.empty((len(self.texts), dims.pop()), dtype=np.float32)
         for i, vector in self.cached.vectors.items():
             out[i] = vector
         if parts:
-            sent = np.vstack(parts)
-            if sent.shape[1] != dim:
-                raise EmbeddingError(
-                    "bad_reply", f"workers answered {sent.shape[1]} dims, the cache {dim}: a model change"
-                )
-            out[[i for chunk in self.chunks for i in chunk]] = sent
+            out[[i for chunk in self.chunks for i in chunk]] = np.vstack(parts)
         return out
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import redis
 
 from .base import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT, ClientBase, connection_options
-from .call import WINDOW, Call, check_pushed, redis_errors
+from .call import Call, check_pushed, redis_errors
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -36,15 +36,15 @@ class EmbeddingClient(ClientBase):
         order; ``QueueFull`` if the queue already holds ``max_queue`` requests."""
         with redis_errors(self._where):
             self.clock.sync(self.redis)
-            for args in self._enqueue_args(calls, limit):
-                pushed = self._enqueue(keys=self._enqueue_keys, args=args)
-                check_pushed(int(pushed), self.keys.queue, self.max_queue)
+            for keys, args in self._pushes(calls, limit):
+                pushed = self._enqueue(keys=keys, args=args)
+                check_pushed(int(pushed), keys[0], self.max_queue)
 
     def wait(self, call: Call) -> np.ndarray:
         """Block until every request of ``call`` is answered; the vectors in input order."""
         while not call.done:
-            if call.unsent and call.in_flight < WINDOW:
-                self.send(call, limit=WINDOW - call.in_flight)
+            if call.room:
+                self.send(call, limit=call.room)
             with redis_errors(self._where):
                 popped = self.redis.blpop(call.pending_keys(), timeout=call.remaining())
             if popped is None:
@@ -64,8 +64,8 @@ class EmbeddingClient(ClientBase):
             return np.zeros((0, 0), dtype=np.float32)
         if self.cache is not None:
             call.use_cached(self.cache.lookup(call.kind, call.texts, self.redis))
-        if call.unsent:
-            self.send(call, limit=WINDOW)  # the rest stream in as replies come (see Call)
+        if call.room:
+            self.send(call, limit=call.room)  # the rest stream in as replies come (see Call)
         return self.wait(call)
 
     def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:

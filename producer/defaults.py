@@ -25,7 +25,15 @@ MAX_QUEUE = 10_000
 MAX_TEXT_CHARS = 8192
 """Longest text accepted, in characters; a longer one is refused, never cut silently."""
 WINDOW = 32
-"""Requests of one call queued or being encoded at once; the rest stream in as replies come."""
+"""Most requests one call keeps queued or being encoded at once; the rest stream in as replies
+come (``embedq.flow``: the window starts at ``WINDOW_START`` and follows the replies)."""
+WINDOW_START = 2
+"""Requests a long call sends before any reply has said how fast the fleet is."""
+QUEUE_TARGET_SHARE = 0.25
+"""A long call keeps its requests' queue wait under this share of its timeout (1.25 s at 5 s)."""
+BATCH_BUDGET_MS = 500.0
+"""Encode time one batch should cost: the workers' ``EMBED_BATCH_BUDGET_MS`` default, and what a
+long call sizes its requests by."""
 PUSH_SLICE = 1000
 """Payloads per enqueue script call (Lua's unpack has a stack limit)."""
 CACHE_KINDS = ("query",)

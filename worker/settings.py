@@ -51,7 +51,7 @@ class Settings:
     truncate: bool = True
     """A text longer than the model's token window: cut it as the model does, and say so in the
     reply (True), or refuse it with ``text_too_long`` (False). A request's ``truncate`` wins."""
-    batch_budget_ms: float = 500.0
+    batch_budget_ms: float = defaults.BATCH_BUDGET_MS
     """The longest one encode should hold the worker, by the cost model calibrated at warm-up:
     a batch stops growing at it, and a single request over it is encoded in slices with waiting
     questions answered between them (a single text may take longer; 0: no cap). The default

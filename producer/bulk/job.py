@@ -319,6 +319,7 @@ class BulkJob:
                 continue
             item, body = popped
             reply = unpack_reply(body)
+            window.flow.on_reply(reply.queue_ms, reply.encode_ms, reply.batch_size)
             if not reply.ok:
                 self._refused(chunk, item, reply.code or "error", reply.message or "", todo)
                 continue

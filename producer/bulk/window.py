@@ -1,5 +1,6 @@
-"""A bulk job's requests in flight: sent ``inflight`` at a time onto the workers' bulk list, each
-waited for with the job's own patience, and sent again after Redis comes back from an outage.
+"""A bulk job's requests in flight: sent a window at a time (``embedq.flow``, at most ``inflight``)
+onto the workers' bulk list, each waited for with the job's own patience, and sent again after
+Redis comes back from an outage.
 
 The job decides what to send (``todo``, lists of row positions) and what a reply means; this
 module does the Redis side of it.
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 
 import redis
 
+from .. import defaults
 from ..clock import RedisClock
 from ..connection import REDIS_DOWN, Backoff
+from ..flow import FlowControl
 from ..protocol import WAKE_TOKENS_MAX, Keys, Request
 from ..workers import live_workers
 from .options import BLOCK_S, BulkError, BulkOptions
@@ -45,6 +48,10 @@ class RequestWindow:
         self.options = options
         self.keys = Keys(options.queue)
         self.clock = RedisClock()
+        self.flow = FlowControl.for_timeout(defaults.TIMEOUT_S, window_max=options.inflight)
+        """How many requests are out at once: grows while replies say the background lane is
+        short, shrinks while they waited longer than a producer's call could (the lane is shared
+        with the clients' document calls), between 1 and ``inflight``."""
         self.pending: dict[str, Pending] = {}
         """Reply key -> the request waiting on it."""
         self.last_reply = time.monotonic()
@@ -52,10 +59,10 @@ class RequestWindow:
     def send(self, todo: deque[list[int]], texts: list[str]) -> None:
         """Queue requests from ``todo`` until ``inflight`` are out, in one round trip."""
         payloads = []
-        if todo and len(self.pending) < self.options.inflight:
+        if todo and len(self.pending) < self.flow.window:
             self.clock.sync(self.redis)
         now = self.clock.now_ms()
-        while todo and len(self.pending) < self.options.inflight:
+        while todo and len(self.pending) < self.flow.window:
             positions = todo.popleft()
             request = Request.new(
                 self.options.kind,

@@ -114,8 +114,10 @@ class WorkerProcess:
         start_timeout: float = 120.0,
         cwd: str | Path | None = None,
         prefix: Sequence[str] = (),
+        wait_ready: bool = True,
     ) -> None:
-        """``prefix``: a command to run the worker under (``faketime -f +6s``, say)."""
+        """``prefix``: a command to run the worker under (``faketime -f +6s``, say);
+        ``wait_ready=False`` returns at once, for a worker that cannot write a heartbeat."""
         self.queue = queue
         self.worker_id = ""
         """The id the worker reports in its heartbeat (known once it is ready)."""
@@ -138,7 +140,8 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready(full_env["REDIS_URL"], start_timeout)
+        if wait_ready:
+            self._wait_ready(full_env["REDIS_URL"], start_timeout)
 
     def _wait_ready(self, redis_url: str, timeout: float) -> None:
         client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)

@@ -62,7 +62,7 @@ def test_the_printed_command_is_the_rules(server: RedisServer) -> None:
     )  # fmt: skip
     line = out.stdout.strip()
     assert line.startswith("ACL SETUSER chatbot reset on '>pw'")
-    assert "'(+rpush %W~acl-embed:requests %W~acl-embed:wake)'" in line
+    assert "'(+rpush %W~acl-embed:requests %W~acl-embed:bulk %W~acl-embed:wake)'" in line
     # redis-cli reads the shell-quoted words as the same rules
     result = subprocess.run(
         ["sh", "-c", f"redis-cli -p {server.port} {line}"], capture_output=True, text=True

@@ -41,8 +41,8 @@ def server() -> Iterator[RedisServer]:
     s.stop()
 
 
-def worker_for(server: RedisServer, queue: str, **env: str) -> WorkerProcess:
-    return WorkerProcess(server.url, queue, {**FAKE, **env})
+def worker_for(server: RedisServer, queue: str, *, wait_ready: bool = True, **env: str) -> WorkerProcess:
+    return WorkerProcess(server.url, queue, {**FAKE, **env}, wait_ready=wait_ready)
 
 
 def health(server: RedisServer, queue: str) -> subprocess.CompletedProcess[str]:
@@ -131,9 +131,9 @@ def test_a_stray_value_at_the_workers_key_does_not_stop_serving(server: RedisSer
     queue = "stray:requests"
     admin = server.client()
     admin.rpush(Keys(queue).workers, "not a set")
-    worker = worker_for(server, queue)
+    worker = worker_for(server, queue, wait_ready=False)  # it cannot register: no heartbeat to wait for
     try:
-        client = EmbeddingClient.from_url(server.url, queue=queue, timeout=10)
+        client = EmbeddingClient.from_url(server.url, queue=queue, timeout=60)  # the wait for it to start
         assert len(client.embed(["여전히 답해요", "둘"])) == 2
         wait_until(lambda: "holds a value of another type" in worker.log(), 5, "the advice in the log")
         assert worker.alive

@@ -69,12 +69,12 @@ def test_a_lookup_spreads_hits_to_duplicates_and_counts_them() -> None:
 
 
 def test_a_call_sends_only_the_misses_and_puts_every_row_back_in_place() -> None:
-    call = Call(["a", "b", "c", "d"], "query", keys=KEYS, max_batch=2, timeout=5.0)
+    call = Call(["a", "b", "c", "d"], "query", keys=KEYS, max_batch=4, timeout=5.0)
     cached = Hits({1: fake_vector("query", "b"), 3: fake_vector("query", "d")}, {1: 4, 3: 5})
     call.use_cached(cached)
-    assert call.chunks == [[0, 2]] and call.requests == []  # built only when sent
+    assert call.requests == [] and call.unsent == 2  # built only when sent
     call.payloads(now_ms=1000)
-    assert len(call.requests) == 1 and list(call.requests[0].texts) == ["a", "c"]
+    assert call.chunks == [[0, 2]] and list(call.requests[0].texts) == ["a", "c"]
     sent = np.stack([fake_vector("query", "a"), fake_vector("query", "c")])
     reply = Reply(id=call.requests[0].id, vectors=sent, truncated=(1,), tokens=(2, 6))
     call.accept(KEYS.reply(call.requests[0].id), reply.pack())

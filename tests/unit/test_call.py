@@ -15,17 +15,44 @@ KEYS = Keys()
 
 
 def test_requests_are_built_when_sent_with_the_deadline_they_travel_with() -> None:
-    call = Call([f"t{i}" for i in range(20)], "passage", keys=KEYS, max_batch=8, timeout=5.0)
-    assert [len(c) for c in call.chunks] == [8, 8, 4] and call.requests == [] and call.unsent == 3
-    first = call.payloads(now_ms=1_000_000, limit=1)
-    assert call.sent == 1 and len(call.requests) == 1
-    sent = parse_request(first[0], Limits(max_texts=8))
+    call = Call([f"q{i}" for i in range(8)], "query", keys=KEYS, max_batch=8, timeout=5.0)
+    assert call.lane == "online" and call.queue == KEYS.queue and call.requests == [] and call.room == 1
+    (raw,) = call.payloads(now_ms=1_000_000)
+    sent = parse_request(raw, Limits(max_texts=8))
     assert sent == call.requests[0]  # what travels is the request the call keeps
     assert sent.sent_ms == 1_000_000 and 1_000_000 + 4_900 <= sent.deadline_ms <= 1_005_000
-    rest = call.payloads(now_ms=2_000_000)
-    deadlines = [parse_request(p, Limits()).deadline_ms for p in rest]
-    assert deadlines == [2_005_000, 2_005_000]  # each send is progress: a whole timeout again
-    assert len({r.id for r in call.requests}) == 3 and call.unsent == 0
+    assert call.chunks == [list(range(8))] and call.unsent == 0 and call.room == 0
+
+
+def test_a_background_call_goes_longest_first_and_sizes_its_requests_by_the_replies() -> None:
+    texts = [f"{'x' * (i % 5)}t{i}" for i in range(20)]
+    call = Call(texts, "passage", keys=KEYS, max_batch=8, timeout=5.0)
+    assert call.lane == "bulk" and call.queue == KEYS.bulk
+    assert call.room == 2  # before any reply: a small window of one-text requests
+    first = call.payloads(now_ms=2_000_000, limit=call.room)
+    assert [len(parse_request(p, Limits()).texts) for p in first] == [1, 1]
+    longest = sorted(map(len, texts), reverse=True)[:2]
+    assert [len(texts[i]) for c in call.chunks for i in c] == longest  # the longest texts first
+    for request in call.requests:  # 10 ms a text, no queue wait: bigger requests, a wider window
+        reply = Reply(id=request.id, vectors=np.ones((1, 4), np.float32), digest=request.digest,
+                      encode_ms=10.0, batch_size=1)  # fmt: skip
+        call.accept(KEYS.reply(request.id), reply.pack())
+    assert call.flow.texts_per_request() == 8 and call.room == 4
+    rest = call.payloads(now_ms=2_100_000, limit=call.room)
+    assert [len(parse_request(p, Limits()).texts) for p in rest] == [8, 8, 2]
+    deadlines = {parse_request(p, Limits()).deadline_ms for p in rest}
+    assert deadlines == {2_105_000}  # each send is progress: a whole timeout again
+    assert call.unsent == 0 and sorted(i for c in call.chunks for i in c) == list(range(20))
+
+
+def test_replies_that_waited_long_shrink_the_window() -> None:
+    call = Call([f"t{i}" for i in range(40)], "passage", keys=KEYS, max_batch=8, timeout=4.0)
+    call.payloads(now_ms=0, limit=2)
+    for request in call.requests:
+        reply = Reply(id=request.id, vectors=np.ones((1, 4), np.float32), digest=request.digest,
+                      queue_ms=1500.0, encode_ms=10.0, batch_size=1)  # fmt: skip
+        call.accept(KEYS.reply(request.id), reply.pack())
+    assert call.flow.window == 1  # 1.5 s in the queue is over a quarter of 4 s
 
 
 def test_the_first_send_gets_what_is_left_of_the_timeout() -> None:

@@ -31,18 +31,28 @@ def sync_client(server: fakeredis.FakeServer, **options: object) -> EmbeddingCli
     return EmbeddingClient(fakeredis.FakeRedis(server=server), **options)  # type: ignore[arg-type]
 
 
-def answer_all(server: fakeredis.FakeServer, count: int, *, error: bool = False) -> threading.Thread:
-    """A stand-in worker: answers ``count`` requests, each text's vector = [len(text), 0, 0]."""
+def answer_all(
+    server: fakeredis.FakeServer, texts: int, *, error: bool = False, lanes: list[str] | None = None
+) -> threading.Thread:
+    """A stand-in worker: answers requests from both lists until ``texts`` texts are answered,
+    each text's vector = [len(text), 0, 0]; ``lanes`` records which list each request came from."""
 
     def run() -> None:
         r = fakeredis.FakeRedis(server=server)
-        for _ in range(count):
-            _, raw = r.blpop(["embed:requests"], timeout=5)
+        answered = 0
+        while answered < texts:
+            key, raw = r.blpop(["embed:requests", "embed:bulk"], timeout=5)
+            if lanes is not None:
+                lanes.append(key.decode())
             req = parse_request(raw, Limits(max_texts=100))
+            answered += len(req.texts)
             if error:
                 reply = Reply(id=req.id, code="text_too_long", message="text 0 is too long")
             else:
-                reply = Reply(id=req.id, vectors=np.array([[len(t), 0, 0] for t in req.texts], np.float32))
+                vectors = np.array([[len(t), 0, 0] for t in req.texts], np.float32)
+                reply = Reply(
+                    id=req.id, vectors=vectors, encode_ms=2.0 * len(req.texts), batch_size=len(req.texts)
+                )
             r.rpush(f"embed:reply:{req.id}", reply.pack())
 
     thread = threading.Thread(target=run, daemon=True)
@@ -53,10 +63,25 @@ def answer_all(server: fakeredis.FakeServer, count: int, *, error: bool = False)
 def test_many_texts_are_split_and_reassembled_in_order(server: fakeredis.FakeServer) -> None:
     client = sync_client(server, max_batch=3)
     texts = ["a" * n for n in range(1, 11)]
-    worker = answer_all(server, 4)
+    lanes: list[str] = []
+    worker = answer_all(server, 10, lanes=lanes)
     got = client.embed_documents(texts)
     worker.join(5)
     assert [row[0] for row in got] == list(range(1, 11))
+    assert set(lanes) == {"embed:bulk"}  # documents go behind the questions
+
+
+def test_a_question_goes_to_the_online_lane_and_a_long_query_call_to_the_background(
+    server: fakeredis.FakeServer,
+) -> None:
+    client = sync_client(server, max_batch=3)
+    lanes: list[str] = []
+    worker = answer_all(server, 1 + 3 + 4, lanes=lanes)
+    client.embed_query("one question")
+    client.embed_queries(["three", "short", "ones"])
+    client.embed_queries(["four", "questions", "in", "one"])  # more than one request: background
+    worker.join(5)
+    assert lanes[:2] == ["embed:requests", "embed:requests"] and set(lanes[2:]) == {"embed:bulk"}
 
 
 def test_error_reply_raises_embedding_error(server: fakeredis.FakeServer) -> None:
@@ -107,7 +132,7 @@ def test_empty_list_needs_no_round_trip(server: fakeredis.FakeServer) -> None:
 def test_async_client_queue_full_and_round_trip(server: fakeredis.FakeServer) -> None:
     async def main() -> list[list[float]]:
         client = AsyncEmbeddingClient(fakeredis.FakeAsyncRedis(server=server), max_queue=1)
-        answer_all(server, 1)
+        answer_all(server, 2)
         docs = await client.embed_documents(["abc", "de"])
         await client.send(client.call(["waiting"]))
         with pytest.raises(QueueFull):

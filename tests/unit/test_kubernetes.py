@@ -192,3 +192,15 @@ def test_the_acl_secret_is_an_aclfile_redis_loads(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_the_aclfile_is_what_embedq_acl_prints() -> None:
+    from embedq.acl import AclRules
+
+    secret = by_kind("Secret", "embedq-redis-acl")
+    lines = secret["stringData"]["users.acl"].strip().splitlines()
+    roles = {"embedq-worker": ("worker", "change-me-worker"), "embedq-api": ("producer", "change-me-api"),
+             "embedq-bulk": ("bulk", "change-me-bulk")}  # fmt: skip
+    for user, (role, password) in roles.items():
+        line = next(ln for ln in lines if ln.startswith(f"user {user} "))
+        assert line == AclRules(role).aclfile_line(user, password), f"{user}: regenerate with embedq acl"
