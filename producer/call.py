@@ -181,9 +181,9 @@ class Call:
 
     def payloads(self, now_ms: int, limit: int | None = None) -> list[bytes]:
         """The next requests not yet sent (all, or at most ``limit``), built now and packed in
-        input order for one RPUSH. ``now_ms`` is Redis time now; each deadline is the time this
-        call may still wait: what is left of its timeout for the first send, the whole timeout
-        for later ones (each send is progress)."""
+        input order for one RPUSH. ``now_ms`` is Redis time now; each deadline is the latest the
+        call may still be waiting for that request: its timeout (what is left of it, at the first
+        send) for each request in flight up to and including it."""
         if self.requests:  # a later send is progress: a whole timeout again
             self.progress_at = time.monotonic()
             left = self.timeout
@@ -194,11 +194,14 @@ class Call:
             size = self.max_batch if self.lane == "online" else self.flow.texts_per_request()
             chunk = self._todo[self._cursor : self._cursor + size]
             self._cursor += len(chunk)
+            # the call waits as long as each reply comes within its timeout of the one before:
+            # the k-th request in flight is waited for up to k timeouts (the first: what is left)
+            ahead = self.in_flight  # this call's requests in flight before this one
             request = Request.new(
                 self.kind,
                 [self.texts[i] for i in chunk],
                 now_ms=now_ms,
-                timeout_s=left,
+                timeout_s=left + ahead * self.timeout,
                 truncate=self.truncate,
             )
             key = self.keys.reply(request.id)

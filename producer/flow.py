@@ -2,12 +2,12 @@
 carries, from what the fleet's replies say (``queue_ms``, ``encode_ms``, ``batch_size``).
 
 A fixed window (32 requests of 8 texts) is 13 s of short texts or a minute of passages on
-multilingual-e5-large, far past a 5 s timeout. Instead the window grows by one request while
-replies say they hardly waited in the queue, and shrinks by one while they waited longer than
-the target (a share of the timeout), so a call's own requests never queue long behind each
-other and several long calls share the fleet. Each request carries as many texts as fit the
-worker's batch budget at the measured cost per text: one passage at a time on a large model,
-a full batch of short texts on a small one. The clients and the bulk job use it alike.
+multilingual-e5-large, far past a 5 s timeout. Instead the window grows (by one request per
+window's worth of replies) while replies say they hardly waited in the queue, and halves when
+they waited longer than the target (a share of the timeout), so the background lane stays short
+and several long calls share the fleet. Each request carries as many texts as fit the worker's
+batch budget at the measured cost per text: one passage at a time on a large model, a full batch
+of short texts on a small one. The clients and the bulk job use it alike.
 """
 
 from __future__ import annotations
@@ -30,9 +30,17 @@ class FlowControl:
     """Encode time one request should cost (the workers' batch budget)."""
     max_batch: int = defaults.MAX_BATCH
     window_max: int = defaults.WINDOW
-    window: int = defaults.WINDOW_START
+    size: float = defaults.WINDOW_START
+    """The window, fractional: it grows by 1/size a reply, so by one request per window."""
     per_text_ms: float | None = None
     """Measured encode ms per text (None before the first reply)."""
+    _calm: int = 0
+    """Replies to take before the window may halve again (once per window's worth)."""
+
+    @property
+    def window(self) -> int:
+        """Requests that may be in flight now."""
+        return max(1, int(self.size))
 
     @classmethod
     def for_timeout(cls, timeout_s: float, **options: int | float) -> FlowControl:
@@ -51,7 +59,10 @@ class FlowControl:
             per_text = encode_ms / batch_size
             old = self.per_text_ms
             self.per_text_ms = per_text if old is None else (1 - EWMA_ALPHA) * old + EWMA_ALPHA * per_text
+        self._calm = max(0, self._calm - 1)
         if queue_ms > self.target_queue_ms:
-            self.window = max(1, self.window - 1)
+            if not self._calm:
+                self.size = max(1.0, self.size / 2)
+                self._calm = self.window
         elif queue_ms < self.target_queue_ms / 2:
-            self.window = min(self.window_max, self.window + 1)
+            self.size = min(float(self.window_max), self.size + 1 / self.size)

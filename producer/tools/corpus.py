@@ -47,6 +47,16 @@ def korquad_documents(path: str | Path) -> Iterator[dict[str, str]]:
                 q += 1
 
 
+def korquad_pairs(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(question, its paragraph) for every question, in file order: the chatbot's questions and
+    the documents of its store (the paragraphs run to a few hundred tokens)."""
+    data: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                yield qa["question"], paragraph["context"]
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]], limit: int) -> int:
     """Write up to ``limit`` records as JSONL; returns how many were written."""
     n = 0

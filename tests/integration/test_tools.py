@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.support.clients import export_model
@@ -106,3 +107,26 @@ def test_bench_tiny_run_writes_its_reports(tmp_path: Path) -> None:
     assert report["targets"]["overhead"]["batches"] == 10
     assert "## Targets" in (out / "results.md").read_text()
     assert (out / "chart.png").stat().st_size > 10_000
+
+
+def test_the_shaped_model_builder_writes_a_servable_e5_family_model(tmp_path: Path) -> None:
+    """The e5-large-shaped benchmark model, built small: XLM-R encoder, mean pooling, normalized,
+    E5's prompts, served by a worker with the model's own prefixes."""
+    from embedq.tools.reference import ReferenceModel
+    from embedq.tools.shaped import E5_LARGE, build_shaped_model
+    from embedq.worker.encoder import SentenceTransformerEncoder
+
+    assert (E5_LARGE["num_hidden_layers"], E5_LARGE["hidden_size"], E5_LARGE["intermediate_size"]) == (
+        24,
+        1024,
+        4096,
+    )
+    small = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
+    path = build_shaped_model(tmp_path / "e5-large-shaped", vocab_size=30522, **small)
+    ref = ReferenceModel(str(path))
+    assert ref.prompts["query"] == "query: " and ref.model.max_seq_length == 512
+    vectors = ref.encode(["연남 카페 추천해줘", "강남역 맛집"], "query: ")
+    assert vectors.shape == (2, 64) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    encoder = SentenceTransformerEncoder(str(path))
+    assert encoder.prefixes == {"query": "query: ", "passage": "passage: "} and encoder.dim == 64
+    np.testing.assert_allclose(encoder.encode(["연남 카페 추천해줘"], ["query"])[0], vectors[0], atol=1e-5)

@@ -47,7 +47,9 @@ class CallRecorder:
 class FakeEncoder:
     """Implements the worker's ``Encoder`` protocol; records batch sizes and concurrency."""
 
-    def __init__(self, dim: int = 8, delay: float = 0.0, max_tokens: int | None = None) -> None:
+    def __init__(
+        self, dim: int = 8, delay: float = 0.0, max_tokens: int | None = None, ms_per_token: float = 0.0
+    ) -> None:
         self.name = "fake"
         self.backend = "fake"
         self.prefix_source = "fake encoder"
@@ -57,6 +59,8 @@ class FakeEncoder:
         """A window in whitespace-separated words (None: none), to test the worker's checks."""
         self.prefixes = {"query": "query: ", "passage": "passage: "}
         self.delay = delay
+        self.ms_per_token = ms_per_token
+        """Encode time like a real model's: texts x padded tokens x this, on top of ``delay``."""
         self.recorder = CallRecorder()
 
     @property
@@ -72,8 +76,13 @@ class FakeEncoder:
 
     def encode(self, texts: Sequence[str], kinds: Sequence[str]) -> np.ndarray:
         with self.recorder.recording(len(texts)):
-            if self.delay:
-                time.sleep(self.delay)
+            busy = self.delay
+            if self.ms_per_token:
+                counts = self.token_counts(texts, kinds)
+                window = self.max_tokens or max(counts)
+                busy += len(texts) * min(max(counts), window) * self.ms_per_token / 1000.0
+            if busy:
+                time.sleep(busy)
             if any(POISON in t for t in texts):
                 raise RuntimeError("the model cannot encode this text")
             return np.stack([fake_vector(k, t, self.dim) for k, t in zip(kinds, texts, strict=True)])
@@ -81,11 +90,13 @@ class FakeEncoder:
 
 def build(settings: object) -> FakeEncoder:
     """For worker processes (``EMBED_ENCODER=tests.support.fake_encoder:build``): a model-free
-    encoder of ``EMBED_TEST_DIM`` dimensions (default 384), ``EMBED_TEST_ENCODE_DELAY`` s a batch."""
+    encoder of ``EMBED_TEST_DIM`` dimensions (default 384), ``EMBED_TEST_ENCODE_DELAY`` s a batch,
+    plus ``EMBED_TEST_MS_PER_TOKEN`` ms per text and padded token (a model's cost shape)."""
     encoder = FakeEncoder(
         dim=int(os.environ.get("EMBED_TEST_DIM", "384")),
         delay=float(os.environ.get("EMBED_TEST_ENCODE_DELAY", "0")),
         max_tokens=int(os.environ["EMBED_TEST_WINDOW"]) if os.environ.get("EMBED_TEST_WINDOW") else None,
+        ms_per_token=float(os.environ.get("EMBED_TEST_MS_PER_TOKEN", "0")),
     )
     encoder.name = "fake-model"
     return encoder

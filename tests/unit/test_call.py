@@ -37,11 +37,12 @@ def test_a_background_call_goes_longest_first_and_sizes_its_requests_by_the_repl
         reply = Reply(id=request.id, vectors=np.ones((1, 4), np.float32), digest=request.digest,
                       encode_ms=10.0, batch_size=1)  # fmt: skip
         call.accept(KEYS.reply(request.id), reply.pack())
-    assert call.flow.texts_per_request() == 8 and call.room == 4
-    rest = call.payloads(now_ms=2_100_000, limit=call.room)
+    assert call.flow.texts_per_request() == 8 and call.room == 2  # the window grows a request per window
+    rest = call.payloads(now_ms=2_100_000)  # everything left, as ``client.send(call)`` does
     assert [len(parse_request(p, Limits()).texts) for p in rest] == [8, 8, 2]
-    deadlines = {parse_request(p, Limits()).deadline_ms for p in rest}
-    assert deadlines == {2_105_000}  # each send is progress: a whole timeout again
+    deadlines = [parse_request(p, Limits()).deadline_ms for p in rest]
+    # each waited for one timeout more than the request in flight before it (each send is progress)
+    assert deadlines == [2_105_000, 2_110_000, 2_115_000]
     assert call.unsent == 0 and sorted(i for c in call.chunks for i in c) == list(range(20))
 
 
