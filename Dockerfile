@@ -54,6 +54,7 @@ RUN python -c "import sys; from sentence_transformers import SentenceTransformer
 USER embedq
 ENV HF_HUB_OFFLINE=1 \
     EMBEDDING_MODEL=$MODEL \
+    EMBED_SERVED_NAME=$MODEL \
     EMBED_BACKEND=torch \
     EMBED_THREADS=2 \
     EMBED_DEVICE=cpu \
@@ -65,6 +66,7 @@ CMD ["embedq-worker"]
 
 # The default image: no torch, no sentence-transformers; the export from the build stage.
 FROM base AS worker
+ARG MODEL=intfloat/multilingual-e5-large
 COPY pyproject.toml README.md ./
 COPY producer ./producer
 COPY worker ./worker
@@ -72,6 +74,7 @@ RUN pip install '.[worker]'
 COPY --from=export /opt/model /opt/model
 USER embedq
 ENV EMBEDDING_MODEL=/opt/model \
+    EMBED_SERVED_NAME=$MODEL \
     EMBED_BACKEND=onnx \
     EMBED_THREADS=2 \
     EMBED_METRICS_PORT=9100

@@ -52,6 +52,8 @@ from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path
 from embedq.tools.reference import ReferenceModel
 from embedq.tools.shaped import build_shaped_model
 
+QUESTION_TOKENS = 20
+"""e5-shaped: questions of at most this many tokens under the benchmark's tokenizer."""
 ASK_EVERY_S = 0.5
 """The chatbot's pace: a question every half second."""
 OMP_QUIET_S = 0.3
@@ -187,6 +189,8 @@ def run_model(
 ) -> dict[str, Any]:
     log = lambda line: print(f"[{name}] {line}", flush=True)  # noqa: E731
     result: dict[str, Any] = {"model": name, "documents": len(docs)}
+    asked = token_counts(ref, questions[:200])
+    result["question_tokens"] = {"mean": round(statistics.fmean(asked), 1), "max": max(asked)}
     tokens = token_counts(ref, docs)
     result["document_tokens"] = {
         "min": min(tokens),
@@ -276,6 +280,31 @@ def run_model(
     return result
 
 
+def passages_of(ref: ReferenceModel, paragraphs: list[str], wanted: int) -> list[str]:
+    """``wanted`` passages of 300-500 tokens (by the model's tokenizer): KorQuAD paragraphs of that
+    length, then longer ones cut at sentence ends into pieces of that length."""
+    import re
+
+    counts = token_counts(ref, paragraphs)
+    out = [p for p, n in zip(paragraphs, counts, strict=True) if 300 <= n <= 500]
+    for paragraph, n in zip(paragraphs, counts, strict=True):
+        if len(out) >= wanted:
+            break
+        if n <= 500:
+            continue
+        piece: list[str] = []
+        for sentence in re.split(r"(?<=[.!?])\s+", paragraph):
+            candidate = " ".join([*piece, sentence])
+            if token_counts(ref, [candidate])[0] > 500:
+                text = " ".join(piece)
+                if piece and token_counts(ref, [text])[0] >= 300:
+                    out.append(text)
+                piece = [sentence]
+            else:
+                piece.append(sentence)
+    return out[:wanted]
+
+
 def korquad_texts(ns: Any) -> tuple[list[str], list[str], list[str]]:
     """(questions, paragraphs, sentences) from KorQuAD, de-duplicated, in file order."""
     path = find_korquad(ns.korquad)
@@ -311,6 +340,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"{t['8 passages']} ms | {r['in_process_batch8_texts_per_s']} texts/s |"
         )
     lines += [
+        "",
+        "Questions: "
+        + "; ".join(
+            f"{r['model']} {r['question_tokens']['mean']} tokens on average" for r in results["models"]
+        )
+        + " (KorQuAD's, by the model's tokenizer).",
         "",
         "## The chatbot's questions",
         "",
@@ -423,6 +458,7 @@ def main() -> int:
                 model = bundled_model_path()
                 ref = ReferenceModel(model, threads=2)
                 docs = sentences[: ns.minilm_texts]
+                asked = questions
                 options = argparse.Namespace(**vars(ns), alone=len(docs), bulk=len(docs), concurrent=True)
             else:
                 if ns.shaped_dir:
@@ -432,14 +468,15 @@ def main() -> int:
                     print("building the e5-large-shaped model (random weights, ~2.2 GB) ...", flush=True)
                     model = str(build_shaped_model(Path(built.name) / "e5-large-shaped"))
                 ref = ReferenceModel(model, threads=2)
-                counts = token_counts(ref, paragraphs)
-                docs = [p for p, n in zip(paragraphs, counts, strict=True) if 300 <= n <= 500][
-                    : ns.paragraphs
-                ]
+                docs = passages_of(ref, paragraphs, ns.paragraphs)
+                # short questions, as XLM-R's tokenizer cuts a chatbot's (~10-20 tokens): this
+                # WordPiece vocabulary splits Korean finer, and would price questions too high
+                counts = token_counts(ref, questions)
+                asked = [q for q, n in zip(questions, counts, strict=True) if n <= QUESTION_TOKENS]
                 options = argparse.Namespace(
                     **vars(ns), alone=min(48, len(docs)), bulk=min(40, len(docs)), concurrent=False
                 )
-            results["models"].append(run_model(name, model, ref, server, questions, docs, options))
+            results["models"].append(run_model(name, model, ref, server, asked, docs, options))
             del ref
     finally:
         server.stop()

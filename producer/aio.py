@@ -51,10 +51,12 @@ class AsyncEmbeddingClient(ClientBase):
         if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
         if self.cache is not None:
-            call.use_cached(await self.cache.alookup(call.kind, call.texts, self.redis))
+            call.use_cached(await self.cache.alookup(call.kind, call.texts, self.redis, call.pin))
         if call.room:
             await self.send(call, limit=call.room)  # the rest stream in as replies come (see Call)
-        return await self.wait(call)
+        vectors = await self.wait(call)
+        self.model_pin.learn(call)
+        return vectors
 
     async def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:
         """One question's vector, encoded with the model's query prefix."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
@@ -19,7 +20,10 @@ DEFAULT_TIMEOUT = defaults.TIMEOUT_S
 DEFAULT_MAX_BATCH = defaults.MAX_BATCH
 DEFAULT_MAX_QUEUE = defaults.MAX_QUEUE
 
-CLIENT_OPTIONS = ("queue", "timeout", "max_batch", "max_queue", "cache_url", "cache_kinds")
+CLIENT_OPTIONS = (
+    "queue", "timeout", "max_batch", "max_queue", "cache_url", "cache_kinds", "model", "fingerprint", "pin",
+    "model_pin",
+)  # fmt: skip
 """The options of every producer client, besides the Redis connection's."""
 
 
@@ -52,6 +56,24 @@ def check_redis_options(owner: str, options: dict[str, Any], takes: Sequence[str
         )
 
 
+@dataclass
+class ModelPin:
+    """Which model a client's vectors must come from: ``model`` (a served name, or the model's
+    id), ``fingerprint`` (exactly that model, export, prefixes and window), and ``sticky``: the
+    first call's answer pins the client for its life (what a chatbot whose vector store was built
+    with one model wants). One pin may be shared by several clients (``EmbedqEmbeddings``' sync
+    and asyncio ones)."""
+
+    model: str | None = None
+    fingerprint: str | None = None
+    sticky: bool = False
+
+    def learn(self, call: Call) -> None:
+        """After a call: a sticky pin takes the fingerprint that answered it."""
+        if self.sticky and self.fingerprint is None and call.fingerprint:
+            self.fingerprint = call.fingerprint
+
+
 class ClientBase:
     """Options and call planning of a producer client; subclasses do the I/O.
 
@@ -73,6 +95,10 @@ class ClientBase:
         max_queue: int | None = DEFAULT_MAX_QUEUE,
         cache: Any = None,
         cache_kinds: Sequence[str] = DEFAULT_KINDS,
+        model: str | None = None,
+        fingerprint: str | None = None,
+        pin: bool = False,
+        model_pin: ModelPin | None = None,
     ) -> None:
         if isinstance(client, str):
             raise TypeError(
@@ -96,6 +122,8 @@ class ClientBase:
         kinds = check_kinds(cache_kinds)  # a typo is an error now, with or without a cache
         self.cache = None if cache is None else CacheLookup(cache, self.keys, kinds=kinds)
         """The query cache's reader (``cache_url``), or None: every text goes through the queue."""
+        self.model_pin = model_pin or ModelPin(model, fingerprint, pin)
+        """The model every call of this client must be answered by (see ``ModelPin``)."""
 
     @classmethod
     def from_url(
@@ -108,10 +136,16 @@ class ClientBase:
         max_queue: int | None = DEFAULT_MAX_QUEUE,
         cache_url: str | None = None,
         cache_kinds: Sequence[str] = DEFAULT_KINDS,
+        model: str | None = None,
+        fingerprint: str | None = None,
+        pin: bool = False,
+        model_pin: ModelPin | None = None,
         **redis_options: Any,
     ) -> Any:
         """A client on its own connection pool; ``redis_options`` override the socket settings.
-        ``cache_url``: the query cache's Redis (the workers' ``EMBED_CACHE_URL``), or None."""
+        ``cache_url``: the query cache's Redis (the workers' ``EMBED_CACHE_URL``), or None.
+        ``model`` / ``fingerprint``: the model every answer must come from (else an error naming
+        what serves); ``pin=True``: the first answer's model, for the client's life."""
         check_redis_options(f"{cls.__name__}.from_url", redis_options)
         options = {**connection_options(check_timeout(timeout)), **redis_options}
         cache = None
@@ -127,14 +161,33 @@ class ClientBase:
             max_queue=max_queue,
             cache=cache,
             cache_kinds=cache_kinds,
+            model=model,
+            fingerprint=fingerprint,
+            pin=pin,
+            model_pin=model_pin,
         )
 
-    def call(self, texts: Sequence[str], kind: str = "query", *, truncate: bool | None = None) -> Call:
+    def call(
+        self,
+        texts: Sequence[str],
+        kind: str = "query",
+        *,
+        truncate: bool | None = None,
+        model: str | None = None,
+    ) -> Call:
         """A call for ``texts`` (split into max-batch requests), not yet sent. ``truncate``: cut
         texts longer than the model's token window (True), refuse them (False), or the worker's
-        default (None)."""
+        default (None). ``model``: this call's expected model (default: the client's pin)."""
+        pin = self.model_pin
         return Call(
-            texts, kind, keys=self.keys, max_batch=self.max_batch, timeout=self.timeout, truncate=truncate
+            texts,
+            kind,
+            keys=self.keys,
+            max_batch=self.max_batch,
+            timeout=self.timeout,
+            truncate=truncate,
+            model=model or pin.model,
+            fingerprint=pin.fingerprint,
         )
 
     def _pushes(self, calls: Sequence[Call], limit: int | None) -> list[tuple[list[str], list[bytes | int]]]:

@@ -65,6 +65,8 @@ class Hits:
 
     vectors: dict[int, np.ndarray] = field(default_factory=dict)
     tokens: dict[int, int] = field(default_factory=dict)
+    fingerprint: str = ""
+    """The model the cached vectors came from: the rest of the call must come from it too."""
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -100,10 +102,15 @@ class CacheLookup:
         self.model = agreed_model(beats)
         self.read_at = time.monotonic()
 
-    def plan(self, kind: str, texts: Sequence[str]) -> tuple[list[str], list[int]] | None:
+    def plan(
+        self, kind: str, texts: Sequence[str], fingerprint: str | None = None
+    ) -> tuple[list[str], list[int]] | None:
         """Entry keys for looking ``texts`` up (each distinct text once) and the indexes they
-        stand for; None when the cache does not apply (kind not cached, no agreed model)."""
+        stand for; None when the cache does not apply (kind not cached, no agreed model, or the
+        call is pinned to another ``fingerprint`` than the live workers')."""
         if kind not in self.kinds or self.model is None or not texts:
+            return None
+        if fingerprint is not None and fingerprint != self.model[0]:
             return None
         fingerprint = self.model[0]
         unique: dict[str, int] = {}
@@ -124,7 +131,7 @@ class CacheLookup:
                 by_text[texts[i]] = CacheEntry.unpack(raw, dim)
             except ValueError as exc:
                 self.failed(exc)
-        hits = Hits()
+        hits = Hits(fingerprint=self.model[0])
         for i, text in enumerate(texts):
             entry = by_text.get(text)
             if entry is not None:
@@ -149,13 +156,15 @@ class CacheLookup:
             self._warned_at = now
             log.warning("query cache unusable, going through the queue: %s", exc)
 
-    def lookup(self, kind: str, texts: Sequence[str], queue_redis: Any) -> Hits:
-        """Cached vectors for ``texts`` (sync clients)."""
+    def lookup(
+        self, kind: str, texts: Sequence[str], queue_redis: Any, fingerprint: str | None = None
+    ) -> Hits:
+        """Cached vectors for ``texts`` (sync clients), of the pinned ``fingerprint`` if any."""
         try:
             if self.stale():
                 self.learn(heartbeat_values(queue_redis, self.keys)[1])
                 self.flush()
-            planned = self.plan(kind, texts)
+            planned = self.plan(kind, texts, fingerprint)
             if planned is None:
                 return Hits()
             keys, firsts = planned
@@ -164,13 +173,15 @@ class CacheLookup:
             self.failed(exc)
             return Hits()
 
-    async def alookup(self, kind: str, texts: Sequence[str], queue_redis: Any) -> Hits:
-        """Cached vectors for ``texts`` (asyncio clients)."""
+    async def alookup(
+        self, kind: str, texts: Sequence[str], queue_redis: Any, fingerprint: str | None = None
+    ) -> Hits:
+        """Cached vectors for ``texts`` (asyncio clients), of the pinned ``fingerprint`` if any."""
         try:
             if self.stale():
                 self.learn((await heartbeat_values_async(queue_redis, self.keys))[1])
                 await self.aflush()
-            planned = self.plan(kind, texts)
+            planned = self.plan(kind, texts, fingerprint)
             if planned is None:
                 return Hits()
             keys, firsts = planned

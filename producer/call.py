@@ -115,10 +115,23 @@ class Call:
         max_batch: int,
         timeout: float,
         truncate: bool | None = None,
+        model: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         if truncate is not None and not isinstance(truncate, bool):
             raise InvalidInput(f"truncate must be True, False or None, got {shorten(truncate)}")
+        for name, pin in (("model", model), ("fingerprint", fingerprint)):
+            if pin is not None and (not isinstance(pin, str) or not pin):
+                raise InvalidInput(f"{name} must be a non-empty string or None, got {shorten(pin)}")
         self.keys = keys
+        self.model = model
+        """The model this call expects (a served name or the model's id): workers of another refuse."""
+        self.fingerprint = fingerprint
+        """The fingerprint this call's vectors come from: the pin it was given, else the first
+        reply's, which every later reply must match (a call never mixes two models)."""
+        self.pinned = fingerprint is not None
+        self.served_by = ""
+        """The served name of the model that answered (from the replies)."""
         self.timeout = check_timeout(timeout)
         self.texts = check_texts(texts, kind)
         self.kind = kind
@@ -163,6 +176,8 @@ class Call:
         if not len(hits):
             return
         self.cached = hits
+        if self.fingerprint is None and hits.fingerprint:
+            self.fingerprint = hits.fingerprint  # the queue's replies must be of the cached model
         self._plan([i for i in range(len(self.texts)) if i not in hits.vectors])
 
     @property
@@ -203,6 +218,8 @@ class Call:
                 now_ms=now_ms,
                 timeout_s=left + ahead * self.timeout,
                 truncate=self.truncate,
+                model=self.model,
+                fingerprint=self.fingerprint if self.pinned else None,
             )
             key = self.keys.reply(request.id)
             self._slot[key] = self._pending[key] = len(self.requests)
@@ -269,6 +286,7 @@ class Call:
                     reason=f"a worker gave up on it: {reply.message}",
                 )
             raise EmbeddingError(reply.code or "error", reply.message or "", reply.id)
+        self._check_model(reply)
         if reply.digest and reply.digest != request.digest:
             raise EmbeddingError(
                 "bad_reply",
@@ -288,6 +306,37 @@ class Call:
         self._pending.pop(name, None)
         self.progress_at = time.monotonic()
         self.flow.on_reply(reply.queue_ms, reply.encode_ms, reply.batch_size)
+
+    @property
+    def pin(self) -> str | None:
+        """The fingerprint this call is pinned to, or None."""
+        return self.fingerprint if self.pinned else None
+
+    def _check_model(self, reply: Reply) -> None:
+        """Every vector of a call comes from one model: the pinned one, else the first reply's."""
+        if not reply.fingerprint:  # a worker older than model identity (or a custom encoder)
+            if self.pinned or self.model is not None:
+                raise EmbeddingError(
+                    "model_unknown",
+                    f"worker {reply.worker!r} does not say which model answered, and this call expects "
+                    f"{self.model or self.fingerprint!r}: upgrade the workers (embedq 0.2 replies name "
+                    "their model)",
+                    reply.id,
+                )
+            return
+        if self.fingerprint is None:
+            self.fingerprint, self.served_by = reply.fingerprint, reply.model
+            return
+        if reply.fingerprint != self.fingerprint:
+            raise EmbeddingError(
+                "model_mismatch",
+                f"worker {reply.worker!r} answered with model {reply.model!r} (fingerprint "
+                f"{reply.fingerprint}), but this call's vectors come from fingerprint {self.fingerprint}"
+                f"{' (pinned)' if self.pinned else ''}: two models serve queue {self.keys.queue!r}. No "
+                "mixed result is returned; see embedq status",
+                reply.id,
+            )
+        self.served_by = self.served_by or reply.model
 
     @property
     def tokens(self) -> int:

@@ -63,10 +63,12 @@ class EmbeddingClient(ClientBase):
         if not call.texts:
             return np.zeros((0, 0), dtype=np.float32)
         if self.cache is not None:
-            call.use_cached(self.cache.lookup(call.kind, call.texts, self.redis))
+            call.use_cached(self.cache.lookup(call.kind, call.texts, self.redis, call.pin))
         if call.room:
             self.send(call, limit=call.room)  # the rest stream in as replies come (see Call)
-        return self.wait(call)
+        vectors = self.wait(call)
+        self.model_pin.learn(call)
+        return vectors
 
     def embed_query(self, text: str, *, truncate: bool | None = None) -> list[float]:
         """One question's vector, encoded with the model's query prefix."""

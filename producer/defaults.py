@@ -96,6 +96,7 @@ ENV: dict[str, EnvSetting] = {
     "api_host": EnvSetting("EMBED_API_HOST", API_HOST),
     "api_port": EnvSetting("EMBED_API_PORT", API_PORT, int),
     "api_kind": EnvSetting("EMBED_API_KIND", API_KIND),
+    "api_queues": EnvSetting("EMBED_API_QUEUES", ""),
     "api_max_inputs": EnvSetting("EMBED_API_MAX_INPUTS", API_MAX_INPUTS, int),
     "api_max_body_bytes": EnvSetting("EMBED_API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, int),
     "korquad": EnvSetting("EMBEDQ_KORQUAD", KORQUAD),

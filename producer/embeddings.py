@@ -16,6 +16,7 @@ from .base import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
     DEFAULT_TIMEOUT,
+    ModelPin,
     check_redis_options,
 )
 from .cache import DEFAULT_KINDS
@@ -50,13 +51,18 @@ class EmbedqEmbeddings(_Base):
         truncate: bool | None = None,
         cache_url: str | None = None,
         cache_kinds: Sequence[str] = DEFAULT_KINDS,
+        model: str | None = None,
+        fingerprint: str | None = None,
+        pin: bool = False,
         **redis_options: Any,
     ) -> None:
         if url is not None and redis_url is not None and url != redis_url:
             raise TypeError("EmbedqEmbeddings got both url and redis_url: pass one")
         url = url or redis_url or defaults.REDIS_URL
         check_redis_options(
-            "EmbedqEmbeddings", redis_options, takes=("url", "redis_url", *CLIENT_OPTIONS, "truncate")
+            "EmbedqEmbeddings",
+            redis_options,
+            takes=("url", "redis_url", *(o for o in CLIENT_OPTIONS if o != "model_pin"), "truncate"),
         )
         if truncate is not None and not isinstance(truncate, bool):
             raise TypeError(f"truncate must be True, False or None, got {truncate!r}")
@@ -69,6 +75,7 @@ class EmbedqEmbeddings(_Base):
             "max_queue": max_queue,
             "cache_url": cache_url,
             "cache_kinds": tuple(cache_kinds),
+            "model_pin": ModelPin(model, fingerprint, pin),  # one pin for the sync and asyncio clients
             **redis_options,
         }
         self.url = url

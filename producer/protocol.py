@@ -189,6 +189,11 @@ class Request:
     sent_ms: int
     truncate: bool | None = None
     version: int = PROTOCOL_VERSION
+    model: str | None = None
+    """The model the producer expects (a served name, or the model's id or path): a worker that
+    serves another refuses the request with ``model_mismatch``. None: whatever serves the queue."""
+    fingerprint: str | None = None
+    """The exact fingerprint the producer expects (a pinned call or client); None: any."""
 
     @classmethod
     def new(
@@ -199,6 +204,8 @@ class Request:
         now_ms: int,
         timeout_s: float,
         truncate: bool | None = None,
+        model: str | None = None,
+        fingerprint: str | None = None,
     ) -> Request:
         """A fresh request sent at ``now_ms`` (Redis time) whose deadline is ``timeout_s`` later:
         built once, when it is sent, by every producer (clients and the bulk job alike)."""
@@ -209,6 +216,8 @@ class Request:
             deadline_ms=deadline_ms(now_ms, timeout_s),
             sent_ms=now_ms,
             truncate=truncate,
+            model=model,
+            fingerprint=fingerprint,
         )
 
     def pack(self) -> bytes:
@@ -223,6 +232,10 @@ class Request:
         }
         if self.truncate is not None:
             body["truncate"] = self.truncate
+        if self.model is not None:
+            body["model"] = self.model
+        if self.fingerprint is not None:
+            body["fingerprint"] = self.fingerprint
         body["texts"] = self.texts
         return msgpack.packb(body, use_bin_type=True)
 
@@ -407,6 +420,14 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
     truncate = obj.get("truncate")
     if truncate is not None and not isinstance(truncate, bool):
         raise reject("invalid_request", f"field 'truncate' must be true or false, got {shorten(truncate)}")
+    pins: dict[str, str | None] = {}
+    for name in ("model", "fingerprint"):
+        value = obj.get(name)
+        if value is not None and (not isinstance(value, str) or not value or len(value) > ECHO_CHARS):
+            raise reject(
+                "invalid_request", f"field {name!r} must be a non-empty string (a pin), got {shorten(value)}"
+            )
+        pins[name] = value
 
     texts = obj.get("texts")
     if not isinstance(texts, list):
@@ -438,6 +459,8 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
         deadline_ms=deadline_ms,
         sent_ms=sent_ms,
         truncate=truncate,
+        model=pins["model"],
+        fingerprint=pins["fingerprint"],
     )
 
 
@@ -465,6 +488,11 @@ class Reply:
     digest: str = ""
     tokens: tuple[int, ...] = ()
     """Tokens each text was encoded with (after any cut), when the model has a tokenizer."""
+    model: str = ""
+    """The served name of the model that answered (``EMBED_SERVED_NAME``); "" from old workers."""
+    fingerprint: str = ""
+    """What identifies the answering model's vectors (``Heartbeat.fingerprint``); "" from old
+    workers and custom encoders without one."""
 
     @property
     def ok(self) -> bool:
@@ -482,6 +510,10 @@ class Reply:
             "batch_size": self.batch_size,
             "worker": self.worker,
         }
+        if self.model:
+            body["model"] = self.model
+        if self.fingerprint:
+            body["fingerprint"] = self.fingerprint
         if self.vectors is not None:
             matrix = np.ascontiguousarray(self.vectors, dtype=DTYPE)
             body["count"], body["dim"] = matrix.shape
@@ -510,6 +542,8 @@ def unpack_reply(raw: bytes) -> Reply:
             "encode_ms": float(obj.get("encode_ms", 0.0)),
             "batch_size": int(obj.get("batch_size", 0)),
             "worker": str(obj.get("worker", "")),
+            "model": str(obj.get("model", "")),
+            "fingerprint": str(obj.get("fingerprint", "")),
         }
         if obj.get("ok"):
             count, dim = int(obj["count"]), int(obj["dim"])
@@ -561,6 +595,8 @@ class Heartbeat:
     fingerprint: str = ""
     """What identifies this worker's vectors (model, weights or export, backend, prefixes, window):
     producers use the query cache only while every live worker reports the same one."""
+    served_name: str = ""
+    """The name producers and the OpenAI ``model`` field ask for (``EMBED_SERVED_NAME``)."""
     cache: dict[str, Any] | None = None
     """The query cache as this worker sees it (kinds, ttl_s, writes, hits, misses), or None when off."""
     redis_trouble: dict[str, Any] | None = None

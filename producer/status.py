@@ -39,6 +39,7 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
             {
                 "id": worker_id,
                 "model": info.model,
+                "served_name": info.served_name or info.model,
                 "backend": info.backend,
                 "dim": info.dim,
                 "device": s.get("device"),
@@ -58,13 +59,25 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
                 "cache": info.cache,
             }
         )
-    fingerprints = {w["fingerprint"] for w in workers}
+    models: dict[str, dict[str, Any]] = {}
+    for w in workers:
+        entry = models.setdefault(
+            w["fingerprint"] or w["served_name"],
+            {
+                "served_name": w["served_name"],
+                "fingerprint": w["fingerprint"],
+                "dim": w["dim"],
+                "workers": [],
+            },
+        )
+        entry["workers"].append(w["id"])
     cache = next((w["cache"] for w in workers if w["cache"]), None)
     warnings = [w for w in [eviction_warning(policy)] if w]
-    if len(fingerprints) > 1:
+    if len(models) > 1:
         warnings.append(
-            f"live workers serve {len(fingerprints)} different models (fingerprints): their vectors "
-            "do not mix in one store, and producers skip the query cache until they agree"
+            f"live workers on this queue serve {len(models)} different models: calls may be refused "
+            "(clients never mix two models in one result) and producers skip the query cache. One "
+            "queue serves one model: move the odd workers to a queue of their own"
         )
     window = max((w["last_minute"].get("window_s", 60.0) for w in workers), default=60.0)
     answered = sum(int(w["last_minute"].get("requests", 0)) for w in workers)
@@ -75,6 +88,7 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
         "maxmemory_policy": policy,
         "warnings": warnings,
         "cache": cache,
+        "models": list(models.values()),
         "workers": workers,
         "dead_workers": [{"id": w, "holding": holding[w]} for w in dead],
         "last_minute": {
@@ -93,6 +107,11 @@ def render(report: dict[str, Any]) -> str:
         f"last minute: {m['requests_per_s']:.2f} requests/s, p95 {m['p95_ms']:.1f} ms in the worker "
         "(queue wait + encode; the slowest worker's)",
     ]
+    for model in report.get("models", []):
+        lines.append(
+            f"model {model['served_name']!r}: dim {model['dim']}, fingerprint {model['fingerprint'] or '-'}, "
+            f"{len(model['workers'])} live worker(s)"
+        )
     cache = report.get("cache")
     if cache:
         lines.append(

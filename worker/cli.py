@@ -21,6 +21,7 @@ import redis
 from embedq import connection
 from embedq.extras import MissingExtra, require
 
+from .encoder import Encoder
 from .settings import ENV, FIELD_TYPES, Settings, SettingsError
 
 log = logging.getLogger("embedq.worker")
@@ -106,6 +107,21 @@ def connect(settings: Settings, *, socket_timeout: float) -> redis.Redis:
     return client
 
 
+def join_queue(client: redis.Redis, settings: Settings, encoder: Encoder) -> None:
+    """``SettingsError`` if live workers on the queue serve another model (one queue, one model);
+    a Redis that cannot be read now is no reason not to start (pins still guard every request)."""
+    from .identity import queue_refusal, served_name
+
+    served = served_name(settings.served_name, encoder.name)
+    try:
+        why = queue_refusal(client, settings.keys, settings.worker_id, served, encoder.fingerprint)
+    except redis.exceptions.RedisError as exc:
+        log.warning("cannot read which model serves queue %r now (%s); starting", settings.queue, exc)
+        return
+    if why:
+        raise SettingsError(why)
+
+
 def run(settings: Settings) -> int:
     """Load the encoder, connect, warm up and serve until SIGTERM/SIGINT; returns the exit code."""
     from .backends import build_encoder
@@ -114,6 +130,7 @@ def run(settings: Settings) -> int:
 
     encoder = build_encoder(settings)
     client = connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0)
+    join_queue(client, settings, encoder)
     worker = Worker(
         settings,
         encoder,
@@ -266,10 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtra as exc:
         print(f"embedq-worker: {exc}", file=sys.stderr)
         return 2
+    from .onnx_encoder import ExportError
+
     try:
         return run(settings)
-    except SettingsError as exc:  # found at start: a cache Redis that may only grow
-        log.error("%s", exc)
+    except (SettingsError, ExportError) as exc:  # at start: a cache that may only grow, another
+        log.error("%s", exc)  # model on the queue, an export that is not one or fails its probes
         return 2
 
 

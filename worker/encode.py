@@ -292,6 +292,8 @@ class BatchEncoder:
             truncated=entry.cut,
             tokens=entry.tokens,
             digest=request.digest,
+            model=out.model,
+            fingerprint=out.fingerprint,
         )
         out.reply(reply, "ok", request.deadline_ms)
         if request.kind in self.cache_kinds:

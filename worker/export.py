@@ -2,12 +2,16 @@
 directory that a worker serves without torch (``EMBED_BACKEND=onnx`` or ``openvino``).
 
 The transformer goes to ONNX in fp32 (``torch.onnx.export``, no optimum; weights in external
-data, so models over 2 GB such as multilingual-e5-large fit), beside it the tokenizer and a
-manifest with the pooling, normalization, token window and prefixes. Before it reports success
-the export encodes a probe set (Korean and English, short and long, query and passage) with the
-torch model and with the export itself: the vectors must agree (min cosine >= 0.99999), and that
-figure is written into the manifest. A failed check is an error, never a silently different
-model. Needs the ``export`` extra (torch, sentence-transformers, onnx, onnxscript).
+data, so models over 2 GB such as multilingual-e5-large fit), beside it the tokenizer the torch
+path actually runs (serialized from the loaded model, not a copy of a file: a library may build
+a model's tokenizer differently from its ``tokenizer.json``) and a manifest with the pooling,
+normalization, token window and prefixes. Before it reports success the export runs the probe
+set (``probes``: ~220 texts in many scripts, with the characters normalizers treat specially,
+and texts over the window) through the torch model and through the export: every token id must
+be the same, and the vectors must agree (min cosine >= 0.99999). The probes and their token ids
+are written into the export (``probes.json``), and a worker serving it checks at start that its
+tokenizer still gives those ids. A failed check is an error, never a silently different model.
+Needs the ``export`` extra (torch, sentence-transformers, onnx, onnxscript).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 
 from .encoder import SentenceTransformerEncoder
 from .model_config import read_model_config
-from .onnx_encoder import MANIFEST, ONNX_FILE, TOKENIZER_FILE, ExportError, OnnxEncoder
+from .onnx_encoder import MANIFEST, ONNX_FILE, PROBES_FILE, TOKENIZER_FILE, ExportError, OnnxEncoder
+from .probes import probes
 
 log = logging.getLogger("embedq.export")
 
@@ -36,20 +41,11 @@ runs 15-25% faster on ONNX Runtime than the dynamo exporter's (benchmarks/result
 and the fidelity check holds either to the same bar."""
 MIN_COSINE = 0.99999
 """Agreement an fp32 export must reach with the torch model on every probe."""
-PROBES = [
-    ("query", "연남 카페 추천해줘"),
-    ("query", "강남역 맛집 어디야?"),
-    ("query", "How do I reset my password?"),
-    (
-        "passage",
-        "이 매장은 브런치와 스페셜티 커피를 함께 제공하며, 평일 오후에 방문객이 많고 주차 공간이 협소합니다.",
-    ),
-    ("passage", "The quick brown fox jumps over the lazy dog near the riverbank at dawn."),
-    ("passage", "서울의 대중교통은 지하철과 버스로 이루어져 있으며 환승 할인이 적용됩니다. " * 60),
-    ("passage", "A long English passage about retrieval augmented generation and vector stores. " * 60),
-    ("query", "x"),
-]
-"""Korean and English, short and long (over the token window), query and passage."""
+PROBES = probes()
+"""(kind, text) of the fidelity check: see ``worker/probes.py``."""
+SINGLES = 24
+"""Probes also encoded one at a time (padding must change nothing); the rest in batches."""
+CHECK_BATCH = 16
 
 
 def _source_dir(model: str) -> Path:
@@ -112,7 +108,7 @@ def export(
         _quantize_int8(target)
     elif quantize is not None:
         raise ExportError(f"unknown --quantize {quantize!r}: int8")
-    shutil.copy(source / TOKENIZER_FILE, target / TOKENIZER_FILE)
+    save_tokenizer(reference, source, target)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     onnx_name = "model.int8.onnx" if quantize else ONNX_FILE
     manifest: dict[str, Any] = {
@@ -130,15 +126,31 @@ def export(
         "torch": torch.__version__,
         "sha256": _digest(target, [onnx_name, TOKENIZER_FILE]),
     }
+    inputs = [reference.prefixes[k] + t for k, t in PROBES]
+    (target / PROBES_FILE).write_text(
+        json.dumps({"inputs": inputs, "token_ids": torch_token_ids(reference, inputs)}, ensure_ascii=False),
+        encoding="utf-8",
+    )
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")  # provisional
-    fidelity = check(reference, OnnxEncoder(target, runtime="onnx"))
+    exported = OnnxEncoder(target, runtime="onnx", verify=False)
+    fidelity = check(reference, exported)
     manifest["fidelity"] = fidelity
     manifest["export_s"] = round(time.monotonic() - started, 1)
-    if quantize is None and fidelity["min_cosine"] < MIN_COSINE:
+    refusal = None
+    if fidelity["token_ids_differ"]:
+        refusal = (
+            f"the exported tokenizer gives other token ids than the torch path on "
+            f"{fidelity['token_ids_differ']} of {fidelity['probes']} probes "
+            f"(first: {fidelity['first_id_diff']!r})"
+        )
+    elif quantize is None and fidelity["min_cosine"] < MIN_COSINE:
+        refusal = (
+            f"min cosine {fidelity['min_cosine']:.7f} < {MIN_COSINE} on the probe set ({fidelity['worst']!r})"
+        )
+    if refusal:
         (target / MANIFEST).unlink()
         raise ExportError(
-            f"the export of {model} does not reproduce the torch model: min cosine "
-            f"{fidelity['min_cosine']:.7f} < {MIN_COSINE} on the probe set ({fidelity['worst']!r}); "
+            f"the export of {model} does not reproduce the torch model: {refusal}; "
             "nothing was written to serve"
         )
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -204,19 +216,61 @@ def _export_torchscript(
             path.chmod(0o644)  # onnx writes its data file 0600: a non-root worker must read it
 
 
+def save_tokenizer(reference: SentenceTransformerEncoder, source: Path, target: Path) -> None:
+    """The tokenizer the torch path runs, serialized from the loaded model (not the source's
+    file, which the library may not have followed); the file itself only for a slow tokenizer."""
+    backend = getattr(reference.model.tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.save(str(target / TOKENIZER_FILE))
+    else:
+        shutil.copy(source / TOKENIZER_FILE, target / TOKENIZER_FILE)
+
+
+def torch_token_ids(reference: SentenceTransformerEncoder, inputs: Sequence[str]) -> list[list[int]]:
+    """The token ids sentence-transformers feeds the model for each input (stripped, lowercased
+    as the model says, cut to its window), without padding."""
+    module: Any = reference.model[0]
+    out: list[list[int]] = []
+    for i in range(0, len(inputs), CHECK_BATCH):
+        features = module.tokenize(list(inputs[i : i + CHECK_BATCH]))
+        for ids, mask in zip(
+            features["input_ids"].tolist(), features["attention_mask"].tolist(), strict=True
+        ):
+            out.append([t for t, m in zip(ids, mask, strict=True) if m])
+    return out
+
+
 def check(reference: SentenceTransformerEncoder, exported: OnnxEncoder) -> dict[str, Any]:
-    """Both encoders on the probe set, one text at a time and as one batch: the lowest cosine."""
+    """Both paths on the probe set: token ids compared exactly, vectors by cosine (in batches,
+    and the first ``SINGLES`` probes one at a time too)."""
     kinds = [k for k, _ in PROBES]
     texts = [t for _, t in PROBES]
-    want = reference.encode(texts, kinds)
-    got_batch = exported.encode(texts, kinds)
-    got_single = np.vstack([exported.encode([t], [k]) for k, t in PROBES])
-    cosines = np.minimum(_cosines(want, got_batch), _cosines(want, got_single))
+    inputs = [reference.prefixes[k] + t for k, t in PROBES]
+    want_ids = torch_token_ids(reference, inputs)
+    got_ids = exported.tokens.ids(inputs)
+    differ = [i for i, (a, b) in enumerate(zip(want_ids, got_ids, strict=True)) if a != b]
+    want = np.vstack(
+        [
+            reference.encode(texts[i : i + CHECK_BATCH], kinds[i : i + CHECK_BATCH])
+            for i in range(0, len(texts), CHECK_BATCH)
+        ]
+    )
+    got = np.vstack(
+        [
+            exported.encode(texts[i : i + CHECK_BATCH], kinds[i : i + CHECK_BATCH])
+            for i in range(0, len(texts), CHECK_BATCH)
+        ]
+    )
+    cosines = _cosines(want, got)
+    singles = np.vstack([exported.encode([t], [k]) for k, t in PROBES[:SINGLES]])
+    cosines[:SINGLES] = np.minimum(cosines[:SINGLES], _cosines(want[:SINGLES], singles))
     worst = int(np.argmin(cosines))
     return {
         "min_cosine": float(cosines.min()),
-        "max_abs_diff": float(max(np.abs(want - got_batch).max(), np.abs(want - got_single).max())),
+        "max_abs_diff": float(max(np.abs(want - got).max(), np.abs(want[:SINGLES] - singles).max())),
         "probes": len(PROBES),
+        "token_ids_differ": len(differ),
+        "first_id_diff": texts[differ[0]][:60] if differ else None,
         "worst": texts[worst][:60],
     }
 

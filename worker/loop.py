@@ -24,6 +24,7 @@ from .batching import Batcher, BatchPolicy, make_policy
 from .cache import CacheWriter
 from .encode import BatchEncoder
 from .encoder import Encoder
+from .identity import pin_refusal, served_name
 from .lane import RedisQueue, Taken
 from .metrics import Metrics
 from .outcomes import DeadLetter, Outcomes
@@ -54,6 +55,8 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.encoder = encoder
+        self.served_name = served_name(settings.served_name, encoder.name)
+        """The name producers ask for this model by."""
         self.redis = client
         self.cache = cache
         keys = settings.keys
@@ -166,7 +169,7 @@ class Worker:
 
     def describe(self) -> str:
         """The start-up line: everything that decides what vectors and latency a user gets."""
-        return report.start_line(self.settings, self.encoder, self.cache)
+        return report.start_line(self.settings, self.encoder, self.cache, self.served_name)
 
     def info(self) -> Heartbeat:
         """What the heartbeat tells operators about this worker (the presence thread adds where
@@ -178,6 +181,7 @@ class Worker:
         return report.heartbeat(
             self.settings,
             self.encoder,
+            served_name=self.served_name,
             batches=self.encoding.batches,
             counts=dict(self.counts),
             last_minute=self.metrics.last_minute(),
@@ -318,8 +322,8 @@ class Worker:
         """Answer every request of a batch taken from ``lane`` (default: online): errors for
         refused ones, vectors for the rest, all written in one atomic step."""
         lane = lane or self.queue
-        out = Outcomes(self.settings.worker_id)
-        live = self._refuse_rejected(batch, lane, out)
+        out = Outcomes(self.settings.worker_id, model=self.served_name, fingerprint=self.encoder.fingerprint)
+        live = self._refuse_pinned(self._refuse_rejected(batch, lane, out), out)
         live = self.admission.admit(live, lane.now_ms(), lane.lane, out, encode_ms=self._batch_cost(live))
         rows = self.encoding.check_windows(live, out)
         encode_ms = self.encoding.encode_and_reply(rows, lane, out) if rows.entries else 0.0
@@ -354,6 +358,20 @@ class Worker:
             else:
                 out.error(rej.request_id, rej.code, rej.message)
         return live
+
+    def _refuse_pinned(self, live: list[Taken], out: Outcomes) -> list[Taken]:
+        """The requests this worker's model may answer; one pinned to another model gets
+        ``model_mismatch`` (never vectors of a model it did not ask for)."""
+        keep: list[Taken] = []
+        for item in live:
+            assert item.request is not None
+            why = pin_refusal(item.request, self.served_name, self.encoder.name, self.encoder.fingerprint)
+            if why is None:
+                keep.append(item)
+            else:
+                log.warning("refused a request pinned to another model: %s", why)
+                out.error(item.request.id, "model_mismatch", why)
+        return keep
 
     def _finish(self, batch: Sequence[Taken], lane: RedisQueue, out: Outcomes) -> None:
         """Write the batch's outcomes, then feed the cache and count what happened."""

@@ -9,6 +9,7 @@ needs onnxruntime (or openvino), tokenizers and numpy: no torch, no sentence-tra
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +21,14 @@ import numpy as np
 from .encoder import Prefixes, fingerprint, resolve_prefixes
 from .model_config import ModelConfig
 
+log = logging.getLogger("embedq.worker")
+
 MANIFEST = "embedq_export.json"
 """The export's description, written last: its presence means a complete, checked export."""
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+PROBES_FILE = "probes.json"
+"""The export's probe inputs and the token ids the torch path gave them (``worker/probes.py``)."""
 BACKENDS = ("torch", "onnx", "openvino")
 
 
@@ -97,6 +102,25 @@ class Tokens:
         """Tokens per text, uncut, special tokens included."""
         return [len(e.ids) for e in self.uncut.encode_batch(self.prepare(texts))]
 
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids of each text as the model is fed them: prepared, cut, unpadded."""
+        return [list(e.ids) for e in self.cut.encode_batch(self.prepare(texts))]
+
+    def verify(self, recorded: dict[str, Any]) -> None:
+        """``ExportError`` unless this tokenizer gives the ids recorded at export on its probes
+        (a tokenizers upgrade, or an edited tokenizer file, can change them)."""
+        inputs, want = recorded["inputs"], recorded["token_ids"]
+        got = self.ids(inputs)
+        differ = [i for i, (a, b) in enumerate(zip(want, got, strict=True)) if a != b]
+        if differ:
+            first = inputs[differ[0]]
+            raise ExportError(
+                f"this tokenizer gives other token ids than the model's own on {len(differ)} of "
+                f"{len(inputs)} probes recorded at export (first: {first[:60]!r}): the vectors would "
+                "differ from the model's. Was tokenizers upgraded or tokenizer.json edited? Export the "
+                "model again with this environment"
+            )
+
     def batch(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The model's inputs for ``texts``: int64 matrices padded to the longest."""
         encodings = self.cut.encode_batch(self.prepare(texts))
@@ -145,7 +169,10 @@ class OnnxEncoder:
         threads: int = 2,
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
+        verify: bool = True,
     ) -> None:
+        """``verify``: check the tokenizer against the export's recorded probe ids (always, when
+        serving; the export itself checks differently)."""
         if runtime not in ("onnx", "openvino"):
             raise ExportError(f"unknown runtime {runtime!r}: onnx or openvino")
         self.export = Export.open(path)
@@ -167,6 +194,16 @@ class OnnxEncoder:
         self.tokens = Tokens(
             self.export.path / TOKENIZER_FILE, self.config, manifest["input_names"], int(manifest["pad_id"])
         )
+        probes_path = self.export.path / PROBES_FILE
+        if verify and probes_path.is_file():
+            self.tokens.verify(json.loads(probes_path.read_text(encoding="utf-8")))
+        elif verify:
+            log.warning(
+                "export %s has no %s (made by an older embedq): its tokenizer is not verified; "
+                "export it again to have it checked at every start",
+                self.export.path,
+                PROBES_FILE,
+            )
         self._run = self._onnxruntime() if runtime == "onnx" else self._openvino()
         self.fingerprint = fingerprint(
             {

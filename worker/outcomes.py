@@ -45,6 +45,10 @@ class Outcomes:
     """Everything one batch produced, in the order it was decided; ``worker`` signs the errors."""
 
     worker: str
+    model: str = ""
+    """The served name every reply of the batch names."""
+    fingerprint: str = ""
+    """The fingerprint every reply of the batch names."""
     replies: list[Reply] = field(default_factory=list)
     counts: list[str] = field(default_factory=list)
     """One outcome per reply, in ``replies`` order (``ok``, ``error``, ``late``, ``dead``)."""
@@ -64,5 +68,12 @@ class Outcomes:
 
     def error(self, request_id: str, code: str, message: str, outcome: str = "error") -> None:
         """Add an error reply to one request."""
-        reply = Reply(id=request_id, code=code, message=message, worker=self.worker)
+        reply = Reply(
+            id=request_id,
+            code=code,
+            message=message,
+            worker=self.worker,
+            model=self.model,
+            fingerprint=self.fingerprint,
+        )
         self.reply(reply, outcome)

@@ -12,16 +12,17 @@ from .encoder import Encoder
 from .settings import Settings
 
 INFO_METRIC_FIELDS = (
-    "model", "backend", "dim", "device", "threads", "max_batch", "bulk_max_batch",
+    "model", "served_name", "fingerprint", "backend", "dim", "device", "threads", "max_batch",
+    "bulk_max_batch",
     "batch_policy", "batch_wait_ms", "queue", "max_tokens", "truncate",
 )  # fmt: skip
 """What ``embedq_worker_info`` reports of the heartbeat."""
 
 
-def start_line(s: Settings, e: Encoder, cache: CacheWriter | None) -> str:
+def start_line(s: Settings, e: Encoder, cache: CacheWriter | None, served: str) -> str:
     """The start-up line: everything that decides what vectors and latency a user gets."""
     return (
-        f"worker {s.worker_id} ready: model={e.name} backend={e.backend} "
+        f"worker {s.worker_id} ready: model={e.name} served as {served!r} backend={e.backend} "
         f"dim={e.dim} max_tokens={e.max_tokens} "
         f"truncate={s.truncate} device={s.device} "
         f"threads={s.threads} max_batch={s.max_batch} bulk_max_batch={s.bulk_max_batch} "
@@ -38,6 +39,7 @@ def heartbeat(
     s: Settings,
     e: Encoder,
     *,
+    served_name: str,
     batches: int,
     counts: dict[str, int],
     last_minute: dict[str, float],
@@ -67,6 +69,7 @@ def heartbeat(
         counts=counts,
         last_minute=last_minute,
         fingerprint=e.fingerprint,
+        served_name=served_name,
         cache=cache,
         redis_trouble=redis_trouble,
     )
@@ -76,6 +79,8 @@ def info_labels(beat: Heartbeat) -> dict[str, object]:
     """The labels of ``embedq_worker_info``: the heartbeat's identity and settings, flat."""
     flat = {
         "model": beat.model,
+        "served_name": beat.served_name,
+        "fingerprint": beat.fingerprint,
         "backend": beat.backend,
         "dim": beat.dim,
         "queue": beat.queue,

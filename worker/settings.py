@@ -31,6 +31,9 @@ class Settings:
     redis_url: str = defaults.REDIS_URL
     queue: str = defaults.QUEUE
     model: str = DEFAULT_MODEL
+    served_name: str = ""
+    """The name producers ask for this model by (the OpenAI ``model`` field, the clients' ``model=``
+    pin, ``/v1/models``); empty: the hub id, or what a local path names (``worker/identity.py``)."""
     backend: str = "torch"
     """``torch``: sentence-transformers; ``onnx`` / ``openvino``: an export made by
     ``embedq-worker export`` (EMBEDDING_MODEL is its directory), served without torch."""
@@ -172,6 +175,7 @@ ENV: dict[str, str] = {
     "redis_url": "REDIS_URL",
     "queue": "EMBED_QUEUE",
     "model": "EMBEDDING_MODEL",
+    "served_name": "EMBED_SERVED_NAME",
     "backend": "EMBED_BACKEND",
     "device": "EMBED_DEVICE",
     "threads": "EMBED_THREADS",

@@ -24,14 +24,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = AsyncEmbeddingClient.from_url(
-            settings.redis_url, queue=settings.queue, timeout=settings.timeout, cache_url=settings.cache_url
-        )
-        app.state.embedq = AppState(settings, client)
+        clients = {
+            queue: AsyncEmbeddingClient.from_url(
+                settings.redis_url, queue=queue, timeout=settings.timeout, cache_url=settings.cache_url
+            )
+            for queue in settings.queues
+        }
+        app.state.embedq = AppState(settings, clients)
         try:
             yield
         finally:
-            await client.aclose()
+            for client in clients.values():
+                await client.aclose()
 
     app = FastAPI(title="embedq", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=settings.body_cap)

@@ -12,15 +12,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ..errors import EmbedqError
 from .errors import ApiError, from_embedq
 from .schemas import EmbeddingsRequest, EmbedRequest
-from .state import AppState, state_of
+from .state import AppState, Served, state_of
 
 router = APIRouter()
 
 
 async def embed(
-    state: AppState, texts: list[str], kind: str, truncate: bool | None
-) -> tuple[np.ndarray, int]:
-    """Vectors and token count of ``texts``, after the front door's own limits."""
+    state: AppState, texts: list[str], kind: str, truncate: bool | None, served: Served | None = None
+) -> tuple[np.ndarray, int, str]:
+    """Vectors, token count and the answering model's served name for ``texts``, after the front
+    door's own limits: on ``served``'s queue, pinned to it (a worker of another model refuses),
+    or on the default queue."""
     settings = state.settings
     if len(texts) > settings.max_inputs:
         raise ApiError(
@@ -33,26 +35,21 @@ async def embed(
                 400, f"input {i} has {len(text)} characters; the limit is {settings.max_text_chars}",
                 kind="invalid_request_error", code="text_too_long", param="input",
             )  # fmt: skip
-    call = state.client.call(texts, kind, truncate=truncate)
+    client = state.clients[served.queue] if served else state.client
+    call = client.call(texts, kind, truncate=truncate, model=served.name if served else None)
     try:
-        vectors = await state.client.embed_call(call)
+        vectors = await client.embed_call(call)
     except EmbedqError as exc:
         raise from_embedq(exc) from exc
-    return vectors, call.tokens
+    return vectors, call.tokens, call.served_by or (served.name if served else "")
 
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
     """OpenAI's embeddings endpoint: the named model must be served by a live worker."""
     state = state_of(request)
-    models = await state.models_or_503(cached_ok=True)
-    if body.model not in models:
-        served = ", ".join(sorted(models)) or "none: no worker is live"
-        raise ApiError(
-            404, f"model {body.model!r} is not served here (served: {served})",
-            kind="invalid_request_error", code="model_not_found", param="model",
-        )  # fmt: skip
-    beat = models[body.model]
+    served = await state.find(body.model)
+    beat = served.beat
     if body.dimensions is not None and body.dimensions != beat.dim:
         raise ApiError(
             400, f"dimensions {body.dimensions} is not supported: {body.model} gives {beat.dim}",
@@ -61,7 +58,8 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if not texts:
         raise ApiError(400, "input is empty", kind="invalid_request_error", code="empty_input", param="input")
-    vectors, tokens = await embed(state, texts, body.embedq_kind or state.settings.kind, body.embedq_truncate)
+    kind = body.embedq_kind or state.settings.kind
+    vectors, tokens, answered = await embed(state, texts, kind, body.embedq_truncate, served)
     data = []
     for i, row in enumerate(vectors):
         embedding: Any = (
@@ -73,28 +71,41 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any
     return {
         "object": "list",
         "data": data,
-        "model": body.model,
+        "model": answered or served.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """The models live workers serve now."""
+    """The models live workers serve now, each once, with its dimension and fingerprint."""
     models = await state_of(request).models_or_503(cached_ok=False)
     return {
         "object": "list",
-        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "embedq"} for m in sorted(models)],
+        "data": [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "embedq",
+                "embedq_dimensions": s.beat.dim,
+                "embedq_fingerprint": s.beat.fingerprint,
+                "embedq_queue": s.queue,
+            }
+            for name, s in sorted(models.items())
+        ],
     }
 
 
 @router.post("/embed")
 async def native(body: EmbedRequest, request: Request) -> dict[str, Any]:
-    """embedq's own shape: texts of one kind, with truncate."""
+    """embedq's own shape: texts of one kind, with truncate, and the model if not the default queue's."""
     if not body.texts:
         raise ApiError(400, "texts is empty", kind="invalid_request_error", code="empty_input", param="texts")
-    vectors, tokens = await embed(state_of(request), body.texts, body.kind, body.truncate)
-    return {"vectors": vectors.tolist(), "dim": int(vectors.shape[1]), "tokens": tokens}
+    state = state_of(request)
+    served = await state.find(body.model) if body.model else None
+    vectors, tokens, answered = await embed(state, body.texts, body.kind, body.truncate, served)
+    return {"vectors": vectors.tolist(), "dim": int(vectors.shape[1]), "tokens": tokens, "model": answered}
 
 
 @router.get("/healthz")
@@ -106,9 +117,8 @@ async def healthz(request: Request) -> JSONResponse:
     except Exception as exc:
         return JSONResponse({"ok": False, "error": f"cannot reach Redis: {exc}"}, status_code=503)
     if not models:
-        return JSONResponse(
-            {"ok": False, "error": f"no live worker on {state.settings.queue!r}"}, status_code=503
-        )
+        queues = ", ".join(map(repr, state.settings.queues))
+        return JSONResponse({"ok": False, "error": f"no live worker on {queues}"}, status_code=503)
     return JSONResponse({"ok": True, "models": sorted(models)})
 
 
@@ -117,9 +127,11 @@ async def prometheus(request: Request) -> PlainTextResponse:
     """Requests per route and status, and the query cache's hit ratio when one is used."""
     state = state_of(request)
     text = state.metrics.render()
-    cache = state.client.cache
-    if cache is not None:
-        stats = cache.stats()
+    caches = [c.cache for c in state.clients.values() if c.cache is not None]
+    if caches:
+        hits, misses = sum(c.hits for c in caches), sum(c.misses for c in caches)
+        ratio = round(hits / (hits + misses), 4) if hits + misses else 0.0
+        stats = {"hits": hits, "misses": misses, "hit_ratio": ratio}
         text += (
             "# TYPE embedq_api_cache_lookups_total counter\n"
             f'embedq_api_cache_lookups_total{{result="hit"}} {stats["hits"]}\n'

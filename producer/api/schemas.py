@@ -20,8 +20,9 @@ class EmbeddingsRequest(BaseModel):
 
 
 class EmbedRequest(BaseModel):
-    """embedq's native shape: texts of one kind."""
+    """embedq's native shape: texts of one kind (and the model, if not the default queue's)."""
 
     texts: list[str]
+    model: str | None = None
     kind: Literal["query", "passage"] = "query"
     truncate: bool | None = None

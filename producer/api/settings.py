@@ -16,6 +16,10 @@ class ApiSettings:
 
     redis_url: str = defaults.REDIS_URL
     queue: str = defaults.QUEUE
+    """The default queue: requests that name no served model go there."""
+    extra_queues: tuple[str, ...] = ()
+    """More queues, each served by workers of one model: the OpenAI ``model`` field picks the
+    queue whose workers serve it (``EMBED_API_QUEUES``, comma-separated)."""
     timeout: float = defaults.TIMEOUT_S
     kind: str = defaults.API_KIND
     """The kind of an OpenAI request's texts unless it says ``"embedq_kind"``."""
@@ -25,6 +29,11 @@ class ApiSettings:
     """0: enough for ``max_inputs`` texts of ``max_text_chars`` characters as JSON."""
     cache_url: str | None = None
     """The query cache's Redis (the workers' ``EMBED_CACHE_URL``): repeats answered from it."""
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Every queue this front door routes to, the default first."""
+        return tuple(dict.fromkeys((self.queue, *self.extra_queues)))
 
     @property
     def body_cap(self) -> int:
@@ -43,6 +52,7 @@ class ApiSettings:
             "max_text_chars": setting("max_text_chars"),
             "max_body_bytes": setting("api_max_body_bytes"),
             "cache_url": setting("cache_url"),
+            "extra_queues": tuple(q.strip() for q in setting("api_queues").split(",") if q.strip()),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["kind"] not in KINDS:

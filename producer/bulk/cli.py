@@ -65,6 +65,11 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--queue", default=setting("queue"), help="the workers' queue (env EMBED_QUEUE)")
     p.add_argument(
+        "--model",
+        help="the model the output must come from (its served name): workers of another refuse "
+        "(default: the first to answer, then exactly that one for the whole output)",
+    )
+    p.add_argument(
         "--no-truncate",
         dest="truncate",
         action="store_false",
@@ -89,6 +94,7 @@ def options_from(ns: argparse.Namespace) -> BulkOptions:
         max_chars=ns.max_chars,
         request_timeout=ns.request_timeout,
         queue=ns.queue,
+        model=ns.model,
         truncate=ns.truncate,
         fail_fast=ns.fail_fast,
         overwrite=ns.overwrite,

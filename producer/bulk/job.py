@@ -250,6 +250,8 @@ class BulkJob:
         model = self.models.model
         manifest = {
             "model": model.name if model else None,
+            "served_name": model.served_name if model else None,
+            "fingerprint": model.fingerprint if model else None,
             "dim": state["dim"],
             "count": state["rows"],
             "kind": self.options.kind,
@@ -308,7 +310,7 @@ class BulkJob:
         result: np.ndarray | None = None
         while todo or window.pending:
             try:
-                window.send(todo, texts)
+                window.send(todo, texts, self.models.fingerprint)
                 popped = window.pop()
             except REDIS_DOWN as exc:
                 window.resend_after(exc, todo, lambda phase: self._report(phase, force=True))
@@ -328,7 +330,7 @@ class BulkJob:
             count, dim = vectors.shape
             if count != len(item.positions):
                 raise BulkError(f"worker {reply.worker}: {count} vectors for {len(item.positions)} texts")
-            self.models.check(reply.worker, dim)
+            self.models.check(reply.worker, dim, reply.fingerprint, reply.model)
             if result is None:
                 result = np.zeros((len(texts), dim), dtype=np.float32)
             elif dim != result.shape[1]:

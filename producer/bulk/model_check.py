@@ -1,10 +1,12 @@
-"""One output, one model: every vector of a bulk job's output must come from the same model with
-the same prefix, which the answering workers' heartbeats tell; a mix is refused, not written."""
+"""One output, one model: every vector of a bulk job's output must come from the same model, which
+each reply names (its fingerprint: weights or export, backend, prefixes, pooling, window) and the
+answering workers' heartbeats describe; a mix is refused, not written. Once known, the
+fingerprint pins every further request of the job (resumed runs too)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 
@@ -23,6 +25,20 @@ class Model:
     dim: int
     prefix: str
     normalized: bool
+    fingerprint: str = ""
+    """The model's fingerprint ("" from workers older than model identity)."""
+    served_name: str = ""
+
+    def same_as(self, other: Model) -> bool:
+        """The same vectors: the same fingerprint when both have one, else name, dim and prefix."""
+        if self.fingerprint and other.fingerprint:
+            return self.fingerprint == other.fingerprint
+        return (self.name, self.dim, self.prefix, self.normalized) == (
+            other.name,
+            other.dim,
+            other.prefix,
+            other.normalized,
+        )
 
 
 class ModelCheck:
@@ -36,8 +52,14 @@ class ModelCheck:
         """The output's model: from an earlier run's state, else from the first reply."""
         self._seen: dict[str, Model | None] = {}
 
-    def check(self, worker: str, dim: int) -> None:
-        """``BulkError`` if ``worker`` serves another model or prefix than the output holds."""
+    @property
+    def fingerprint(self) -> str | None:
+        """The output's fingerprint once known: every further request is pinned to it."""
+        return self.model.fingerprint if self.model is not None and self.model.fingerprint else None
+
+    def check(self, worker: str, dim: int, fingerprint: str = "", served_name: str = "") -> None:
+        """``BulkError`` if ``worker`` (which answered with ``fingerprint``) serves another model
+        or prefix than the output holds."""
         if worker not in self._seen:
             try:
                 raw = self.redis.get(self.keys.heartbeat(worker))
@@ -53,17 +75,28 @@ class ModelCheck:
                     dim=info.dim or dim,
                     prefix=str(info.prefixes.get(self.kind, "")),
                     normalized=info.normalized,
+                    fingerprint=info.fingerprint,
+                    served_name=info.served_name,
                 )
                 if info
                 else None
             )
         seen = self._seen[worker]
         if seen is None:
-            return  # it stopped before we could ask; the others are checked
+            if not fingerprint:
+                return  # it stopped before we could ask, and its reply names no model
+            seen = Model(name=served_name, dim=dim, prefix="", normalized=True, served_name=served_name)
+        if fingerprint:  # what the reply itself says wins over the heartbeat read earlier
+            seen = replace(seen, fingerprint=fingerprint, served_name=served_name or seen.served_name)
         if self.model is None:
             self.model = seen
-            log.info("vectors from model %s (dim %d, prefix %r)", seen.name, seen.dim, seen.prefix)
-        elif seen != self.model:
+            log.info(
+                "vectors from model %s (dim %d, prefix %r, fingerprint %s)",
+                seen.served_name or seen.name, seen.dim, seen.prefix, seen.fingerprint or "-",
+            )  # fmt: skip
+        elif not self.model.fingerprint and seen.fingerprint and self.model.same_as(seen):
+            self.model = replace(self.model, fingerprint=seen.fingerprint)  # an older run's record
+        elif not self.model.same_as(seen):
             raise BulkError(
                 f"worker {worker} serves {seen} but this output holds vectors of {self.model}: one output "
                 "must come from one model and prefix. Stop the odd workers (embedq status) and run again"

@@ -54,6 +54,10 @@ class BulkOptions:
     """Seconds one bulk request may wait for a worker (it waits behind all online traffic)."""
     redis_url: str | None = None
     """Redis of the workers; None: the RQ job's own connection."""
+    model: str | None = None
+    """The model the output must come from (a served name or the model's id; ``--model``): workers
+    of another refuse. None: whatever answers first, and then exactly that model (its fingerprint)
+    for the rest of the output, this run and every resumed one."""
 
     IDENTITY = (
         "format",

@@ -56,8 +56,9 @@ class RequestWindow:
         """Reply key -> the request waiting on it."""
         self.last_reply = time.monotonic()
 
-    def send(self, todo: deque[list[int]], texts: list[str]) -> None:
-        """Queue requests from ``todo`` until ``inflight`` are out, in one round trip."""
+    def send(self, todo: deque[list[int]], texts: list[str], fingerprint: str | None = None) -> None:
+        """Queue requests from ``todo`` until the window is full, in one round trip; each pinned
+        to the job's model (``--model``) and, once the output has one, to its ``fingerprint``."""
         payloads = []
         if todo and len(self.pending) < self.flow.window:
             self.clock.sync(self.redis)
@@ -70,6 +71,8 @@ class RequestWindow:
                 now_ms=now,
                 timeout_s=self.options.request_timeout,
                 truncate=self.options.truncate,
+                model=self.options.model,
+                fingerprint=fingerprint,
             )
             self.pending[self.keys.reply(request.id)] = Pending(request, positions)
             payloads.append(request.pack())

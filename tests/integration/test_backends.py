@@ -4,6 +4,7 @@ workers on ONNX Runtime and OpenVINO, without torch, with the torch model's vect
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,9 @@ def no_torch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_export_checks_itself_and_records_the_figure(exported: Path) -> None:
     manifest = json.loads((exported / "embedq_export.json").read_text())
     assert manifest["fidelity"]["min_cosine"] >= 0.99999
-    assert manifest["fidelity"]["probes"] >= 8
+    assert manifest["fidelity"]["probes"] >= 200 and manifest["fidelity"]["token_ids_differ"] == 0
+    recorded = json.loads((exported / "probes.json").read_text())
+    assert len(recorded["inputs"]) == len(recorded["token_ids"]) == manifest["fidelity"]["probes"]
     config = manifest["config"]
     assert (config["pooling"], config["normalize"], config["max_seq_length"]) == ("mean", True, 256)
     assert (config["lowercase"], config["dim"], config["prompts"]) == (False, 384, {})
@@ -115,3 +118,68 @@ def test_the_export_manifest_is_what_the_bundled_model_says(exported: Path) -> N
     config = read_model_config(bundled_model_path())
     manifest = json.loads((exported / "embedq_export.json").read_text())
     assert config.as_json() == manifest["config"]
+
+
+FULL_WIDTH_COLON = "시간\uff1a 10시 (full-width colon)"
+
+
+@pytest.fixture(scope="module")
+def disagreeing_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model with a tokenizer.json whose normalizer maps a full-width colon to ':',
+    which transformers does not follow when it builds the tokenizer (it keeps its own
+    BertNormalizer): the file and the torch path disagree on that character."""
+    path = tmp_path_factory.mktemp("disagree") / "minilm-edited-tokenizer"
+    shutil.copytree(bundled_model_path(), path)
+    spec = json.loads((path / "tokenizer.json").read_text())
+    spec["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Replace", "pattern": {"String": "\uff1a"}, "content": ":"},
+            spec["normalizer"],
+        ],
+    }
+    (path / "tokenizer.json").write_text(json.dumps(spec))
+    return path
+
+
+def test_an_export_runs_the_tokenizer_the_torch_path_runs_not_the_file(
+    disagreeing_model: Path, tmp_path: Path
+) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    torch_ids = AutoTokenizer.from_pretrained(str(disagreeing_model))(FULL_WIDTH_COLON)["input_ids"]
+    file_ids = Tokenizer.from_file(str(disagreeing_model / "tokenizer.json")).encode(FULL_WIDTH_COLON).ids
+    assert torch_ids != file_ids[: len(torch_ids)]  # the premise: they disagree
+    command = ["export", str(disagreeing_model), "--out", str(tmp_path / "edited")]
+    result = subprocess.run(
+        [sys.executable, "-m", "embedq.worker", *command],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "edited" / "embedq_export.json").read_text())
+    assert manifest["fidelity"]["token_ids_differ"] == 0 and manifest["fidelity"]["min_cosine"] >= 0.99999
+    exported = Tokenizer.from_file(str(tmp_path / "edited" / "tokenizer.json"))
+    exported.no_padding()
+    assert exported.encode(FULL_WIDTH_COLON).ids == torch_ids
+
+
+def test_a_worker_refuses_an_export_whose_tokenizer_no_longer_gives_the_recorded_ids(
+    redis_server: RedisServer, disagreeing_model: Path, exported: Path, tmp_path: Path
+) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exported, tampered)
+    shutil.copy(
+        disagreeing_model / "tokenizer.json", tampered / "tokenizer.json"
+    )  # what copying the file did
+    worker = WorkerProcess(
+        redis_server.url,
+        "it-tampered:requests",
+        {"EMBEDDING_MODEL": str(tampered), "EMBED_BACKEND": "onnx"},
+        wait_ready=False,
+    )
+    assert worker.proc.wait(120) == 2
+    assert "other token ids than the model's own" in worker.log() and "Export the model again" in worker.log()

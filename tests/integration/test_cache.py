@@ -17,6 +17,7 @@ import pytest
 
 from embedq import AsyncEmbeddingClient, EmbeddingClient
 from embedq.protocol import CacheEntry, Keys
+from tests.support.heartbeats import fresh_heartbeats
 from tests.support.servers import ROOT, RedisServer, WorkerProcess, bundled_model_path, embedq, wait_until
 from tests.support.vectors import RECORD_QUERIES, ReferenceModel
 
@@ -70,10 +71,12 @@ def test_a_repeated_question_is_answered_from_the_cache_with_the_models_vector(
         first = client.embed_call(miss)  # through the queue, then stored
         assert len(miss.requests) == 1 and miss.tokens > 0
         wait_until(lambda: cache_server.client().dbsize() > 0, 5, "the worker to store the vector")
+        fresh_heartbeats(redis_server.client(), KEYS)  # its counts include the miss
         before = served(redis_server)
         call = client.call([question, question], "query")
         again = client.embed_call(call)
         assert call.requests == []  # nothing was sent
+        fresh_heartbeats(redis_server.client(), KEYS)
         assert served(redis_server) == before
         expected = in_process.encode([question])
         np.testing.assert_allclose(first, expected, atol=1e-5)

@@ -11,6 +11,7 @@ goes alone), a batch of eight passages 4.5 s (nearly two timeouts).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -170,4 +171,33 @@ def test_a_fixed_cost_model_no_longer_fails_a_400_text_call_on_two_workers(redis
         assert sum(b.counts.get("bulk_late", 0) + b.counts.get("bulk_expired", 0) for b in beats) == 0
     finally:
         for w in workers:
+            assert w.terminate() == 0, w.log()
+
+
+def test_a_worker_busy_for_seconds_is_not_taken_for_dead(redis_server: RedisServer) -> None:
+    """A batch of a large model takes seconds; the heartbeat comes from a thread of its own, so
+    the other workers' reaper leaves the busy one and its requests alone."""
+    queue = "scale-busy:requests"
+    env = {"EMBED_ENCODER": "tests.support.fake_encoder:build", "EMBED_TEST_DIM": "16"}
+    busy = WorkerProcess(
+        redis_server.url, queue, {**env, "EMBED_WORKER_ID": "busy", "EMBED_TEST_ENCODE_DELAY": "3"}
+    )
+    watcher = WorkerProcess(redis_server.url, queue, {**env, "EMBED_WORKER_ID": "watcher"})
+    try:
+        admin = redis_server.client()
+        client = EmbeddingClient.from_url(redis_server.url, queue=queue, timeout=10)
+        call = client.call(["오래 걸리는 문서"], "passage")
+        watcher.proc.send_signal(signal.SIGSTOP)  # so the busy worker takes it
+        client.send(call)
+        wait_until(lambda: admin.llen(Keys(queue).bulk_processing("busy")) == 1, 10, "the busy worker's take")
+        watcher.proc.send_signal(signal.SIGCONT)
+        started = time.monotonic()
+        got = client.wait(call)
+        assert time.monotonic() - started > 1.5  # the encode took its seconds, there
+        check_documents(got, ["오래 걸리는 문서"])
+        assert call.replies[0] is not None and call.replies[0].worker == "busy"
+        assert "is gone" not in watcher.log(), watcher.log()
+    finally:
+        watcher.proc.send_signal(signal.SIGCONT)
+        for w in (busy, watcher):
             assert w.terminate() == 0, w.log()

@@ -23,9 +23,15 @@ from tests.support.vectors import RECORD_QUERIES, ReferenceModel, cosines
 pytestmark = pytest.mark.slow
 
 
+SERVED = "all-MiniLM-L6-v2"
+"""The bundled model's served name (a local path needs one: EMBED_SERVED_NAME)."""
+
+
 @pytest.fixture(scope="module")
 def serve_worker(redis_server: RedisServer) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(redis_server.url, "it-serve:requests", {"EMBED_HEARTBEAT_TTL": "1"})
+    worker = WorkerProcess(
+        redis_server.url, "it-serve:requests", {"EMBED_HEARTBEAT_TTL": "1", "EMBED_SERVED_NAME": SERVED}
+    )
     yield worker
     if worker.alive:
         assert worker.terminate() == 0, worker.log()
@@ -57,8 +63,10 @@ def _up(url: str) -> bool:
 
 def test_the_openai_sdk_gets_the_models_own_vectors(server_url: str, in_process: ReferenceModel) -> None:
     client = openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused")
-    model = bundled_model_path()
+    model = SERVED
     assert [m.id for m in client.models.list().data] == [model]
+    by_path = client.embeddings.create(model=bundled_model_path(), input=["x"])  # the model's path works too
+    assert by_path.model == SERVED
     expected = in_process.encode(RECORD_QUERIES)
     by_default = client.embeddings.create(model=model, input=RECORD_QUERIES)  # the SDK asks for base64
     as_float = client.embeddings.create(model=model, input=RECORD_QUERIES, encoding_format="float")

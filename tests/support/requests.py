@@ -14,9 +14,15 @@ def now_ms() -> int:
 
 
 def make_request(
-    *texts: str, kind: str = "query", timeout: float = 30.0, truncate: bool | None = None
+    *texts: str,
+    kind: str = "query",
+    timeout: float = 30.0,
+    truncate: bool | None = None,
+    model: str | None = None,
+    fingerprint: str | None = None,
 ) -> Request:
-    """A request for ``texts`` whose deadline is ``timeout`` seconds from now (negative: past)."""
+    """A request for ``texts`` whose deadline is ``timeout`` seconds from now (negative: past),
+    pinned to ``model`` / ``fingerprint`` if given."""
     now = now_ms()
     return Request(
         id=new_request_id(),
@@ -25,4 +31,6 @@ def make_request(
         deadline_ms=now + int(timeout * 1000),
         sent_ms=now,
         truncate=truncate,
+        model=model,
+        fingerprint=fingerprint,
     )

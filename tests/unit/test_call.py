@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedq import Call, EmbeddingError
-from embedq.protocol import Keys, Limits, Reply, parse_request
+from embedq.protocol import Keys, Limits, Reply, Request, parse_request
 
 KEYS = Keys()
 
@@ -72,3 +72,44 @@ def test_replies_are_matched_to_the_request_they_answer() -> None:
     assert not call.done and call.in_flight == 1 and call.pending_keys() == [KEYS.reply(first.id)]
     with pytest.raises(EmbeddingError, match="other texts"):
         call.accept(KEYS.reply(first.id), Reply(id=first.id, vectors=vector, digest="0" * 16).pack())
+
+
+def reply_for(request: Request, fingerprint: str, model: str = "e5") -> bytes:
+    vectors = np.ones((len(request.texts), 4), np.float32)
+    return Reply(
+        id=request.id, vectors=vectors, digest=request.digest, model=model, fingerprint=fingerprint
+    ).pack()
+
+
+def test_the_first_reply_pins_the_call_and_a_second_model_is_an_error_never_a_mixed_matrix() -> None:
+    call = Call([f"t{i}" for i in range(3)], "passage", keys=KEYS, max_batch=8, timeout=5.0)
+    call.payloads(now_ms=0)  # three one-text requests
+    first, second, third = call.requests
+    call.accept(KEYS.reply(first.id), reply_for(first, "f1"))
+    assert (call.fingerprint, call.served_by, call.pinned) == ("f1", "e5", False)
+    call.accept(KEYS.reply(second.id), reply_for(second, "f1"))
+    with pytest.raises(EmbeddingError, match=r"answered with model .e5-v2..*two models serve") as info:
+        call.accept(KEYS.reply(third.id), reply_for(third, "f2", "e5-v2"))
+    assert info.value.code == "model_mismatch" and not call.done
+
+
+def test_a_pinned_call_says_so_on_the_wire_and_refuses_an_unnamed_answer() -> None:
+    call = Call(["q"], "query", keys=KEYS, max_batch=8, timeout=5.0, model="e5", fingerprint="f1")
+    (raw,) = call.payloads(now_ms=0)
+    sent = parse_request(raw, Limits())
+    assert (sent.model, sent.fingerprint) == ("e5", "f1")
+    old_worker = Reply(id=sent.id, vectors=np.ones((1, 4), np.float32), digest=sent.digest).pack()
+    with pytest.raises(EmbeddingError, match="does not say which model answered") as info:
+        call.accept(KEYS.reply(sent.id), old_worker)
+    assert info.value.code == "model_unknown"
+
+
+def test_an_unpinned_call_takes_an_old_workers_answer() -> None:
+    call = Call(["q"], "query", keys=KEYS, max_batch=8, timeout=5.0)
+    (raw,) = call.payloads(now_ms=0)
+    sent = parse_request(raw, Limits())
+    assert (sent.model, sent.fingerprint) == (None, None)
+    call.accept(
+        KEYS.reply(sent.id), Reply(id=sent.id, vectors=np.ones((1, 4), np.float32), digest=sent.digest).pack()
+    )
+    assert call.done and call.fingerprint is None

@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from embedq.protocol import Keys
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 CORE = {"Namespace", "Secret", "StatefulSet", "Service", "Deployment"}
 
@@ -115,11 +117,11 @@ def test_keda_objects_validate_and_the_scaler_is_complete() -> None:
     scaled = by_kind("ScaledObject")
     jsonschema.validate(scaled, SCALED_OBJECT)
     jsonschema.validate(by_kind("TriggerAuthentication"), TRIGGER_AUTHENTICATION)
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
-    meta = trigger["metadata"]
-    assert all(meta.get(k) for k in REDIS_SCALER_REQUIRED) and (meta.get("address") or meta.get("host"))
-    assert int(meta["listLength"]) >= 1 and int(meta.get("activationListLength", "0")) >= 0
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "redis"
+        meta = trigger["metadata"]
+        assert all(meta.get(k) for k in REDIS_SCALER_REQUIRED) and (meta.get("address") or meta.get("host"))
+        assert int(meta["listLength"]) >= 1 and int(meta.get("activationListLength", "0")) >= 0
     with pytest.raises(jsonschema.ValidationError):  # the schema check can fail
         jsonschema.validate({**scaled, "spec": {**scaled["spec"], "triggers": []}}, SCALED_OBJECT)
 
@@ -141,7 +143,8 @@ def test_the_settings_that_must_agree_do() -> None:
         assert container[probe]["exec"]["command"] == ["embedq-worker", "health"]
     scaled = by_kind("ScaledObject")
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
-    assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == env["EMBED_QUEUE"]
+    lists = [t["metadata"]["listName"] for t in scaled["spec"]["triggers"]]
+    assert lists == [env["EMBED_QUEUE"], Keys(env["EMBED_QUEUE"]).bulk]  # questions and background
     secret = by_kind("Secret", "embedq-redis")
     auth = by_kind("TriggerAuthentication")
     for ref in auth["spec"]["secretTargetRef"]:

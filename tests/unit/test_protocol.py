@@ -207,3 +207,20 @@ def test_a_reply_names_the_texts_it_answers() -> None:
     reply = Reply(id=req.id, vectors=np.ones((1, 2), np.float32), digest=req.digest, truncated=(0,))
     back = unpack_reply(reply.pack())
     assert (back.digest, back.truncated) == (req.digest, (0,))
+
+
+def test_pins_and_the_answering_model_travel_and_bad_pins_are_refused() -> None:
+    from embedq.protocol import Limits, Reply, Request, parse_request, unpack_reply
+
+    req = Request.new("query", ["q"], now_ms=0, timeout_s=5, model="e5", fingerprint="f1")
+    assert parse_request(req.pack(), Limits()) == req
+    plain = Request.new("query", ["q"], now_ms=0, timeout_s=5)
+    assert b"model" not in plain.pack() and b"fingerprint" not in plain.pack()  # old workers: same bytes
+    for bad in (3, "", "x" * 300):
+        body = msgpack.unpackb(req.pack())
+        body["model"] = bad
+        with pytest.raises(Rejected, match="field 'model' must be a non-empty string"):
+            parse_request(msgpack.packb(body), Limits())
+    reply = unpack_reply(Reply(id=req.id, code="x", message="y", model="e5", fingerprint="f1").pack())
+    assert (reply.model, reply.fingerprint) == ("e5", "f1")
+    assert unpack_reply(Reply(id=req.id, code="x", message="y").pack()).model == ""  # an old worker's
