@@ -1,7 +1,9 @@
-"""Deadline admission: which requests of a batch can still be answered in time.
+"""Admission: which requests of a batch go on to the encoder, and why the others do not.
 
-A request whose producer has stopped waiting is not encoded for nobody, and one that cannot be
-answered before its deadline (given this batch's expected encode time) is told so at once with
+In order: a request that did not parse gets its error (or, without an id to answer, a dead
+letter); one pinned to another model gets ``model_mismatch``; one whose producer has stopped
+waiting is not encoded for nobody, and one that cannot be answered before its deadline (given
+this batch's expected encode time, from the ``CostModel``) is told so at once with
 ``deadline_exceeded``, instead of holding the encoder for a reply nobody reads. Every time is on
 the Redis server's clock, the one all hosts share.
 """
@@ -13,9 +15,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .encoder import Encoder
+from .identity import pin_refusal
 from .lane import Taken
 from .metrics import Metrics
-from .outcomes import Outcomes
+from .outcomes import DeadLetter, Outcomes
 
 log = logging.getLogger("embedq.worker")
 
@@ -84,6 +88,33 @@ class CostModel:
         }
 
 
+def calibrate(cost: CostModel, encoder: Encoder, max_batch: int, budget_ms: float) -> None:
+    """Time the three shapes that bound every batch's cost (a short text, a full batch of them, a
+    text as long as the model's window) and fit ``cost`` to them; logs the result."""
+    window = encoder.max_tokens or 256
+    long_text = " ".join(f"warm-up{i % 10}" for i in range(window))
+    shapes = [["warm-up text 0"], [f"warm-up text {i}" for i in range(max_batch)], [long_text]]
+    samples = []
+    for texts in shapes:
+        kinds = ["passage"] * len(texts)
+        counts = encoder.token_counts(texts, kinds)
+        padded = max(min(n, window) for n in counts)
+        started = time.perf_counter()
+        encoder.encode(texts, kinds)
+        samples.append((len(texts), padded, (time.perf_counter() - started) * 1000.0))
+    cost.calibrate(samples)
+    log.info(
+        "encode cost: %.1f ms + %.4f ms per token (a full batch of short texts %.0f ms, one %d-token "
+        "text %.0f ms); batch budget %s",
+        cost.base_ms,
+        cost.per_token_ms,
+        samples[1][2],
+        samples[2][1],
+        samples[2][2],
+        f"{budget_ms:g} ms" if budget_ms else "off",
+    )
+
+
 class Admission:
     """Decides, per batch, which requests go on to the encoder; counts and logs the rest."""
 
@@ -91,6 +122,39 @@ class Admission:
         self.metrics = metrics
         self._skipped_since_log = 0
         self._next_skip_log = 0.0
+
+    def parsed(self, batch: Sequence[Taken], lane: str, out: Outcomes) -> list[Taken]:
+        """The parsed requests of ``batch``; each refused one gets its error (or, without an id
+        to answer, a dead letter)."""
+        live: list[Taken] = []
+        for item in batch:
+            rej = item.rejected
+            if rej is None:
+                live.append(item)
+                continue
+            log.warning("refused a request (%s): %s", rej.code, rej.message)
+            if rej.request_id is None:
+                self.metrics.outcome("dead", lane)
+                out.dead.append(DeadLetter(rej.message, rej.code, item.raw, out.worker))
+            else:
+                out.error(rej.request_id, rej.code, rej.message)
+        return live
+
+    def for_this_model(
+        self, live: Sequence[Taken], out: Outcomes, served: str, encoder: Encoder
+    ) -> list[Taken]:
+        """The requests this worker's model may answer; one pinned to another model gets
+        ``model_mismatch`` (never vectors of a model it did not ask for)."""
+        keep: list[Taken] = []
+        for item in live:
+            assert item.request is not None
+            why = pin_refusal(item.request, served, encoder.name, encoder.fingerprint)
+            if why is None:
+                keep.append(item)
+            else:
+                log.warning("refused a request pinned to another model: %s", why)
+                out.error(item.request.id, "model_mismatch", why)
+        return keep
 
     def admit(
         self, live: Sequence[Taken], now_ms: int, lane: str, out: Outcomes, *, encode_ms: float

@@ -19,15 +19,15 @@ import redis
 from embedq.protocol import Heartbeat
 
 from . import report
-from .admission import Admission, CostModel
+from .admission import Admission, CostModel, calibrate
 from .batching import Batcher, BatchPolicy, make_policy
 from .cache import CacheWriter
 from .encode import BatchEncoder
 from .encoder import Encoder
-from .identity import pin_refusal, served_name
+from .identity import served_name
 from .lane import RedisQueue, Taken
 from .metrics import Metrics
-from .outcomes import DeadLetter, Outcomes
+from .outcomes import Outcomes
 from .presence import Presence
 from .reaper import Reaper
 from .redis_errors import RedisGuard
@@ -137,35 +137,9 @@ class Worker:
 
     def warm_up(self) -> None:
         """Encodes before serving, so the first real request does not pay for lazy setup, timed
-        to calibrate the cost model: a short text, a full batch of them, and a text as long as
-        the model's window (the three shapes that bound every batch's cost)."""
+        to calibrate the cost model (``admission.calibrate``)."""
         self.encoder.encode(["warm-up"], ["query"])
-        window = self.encoder.max_tokens or 256
-        long_text = " ".join(f"warm-up{i % 10}" for i in range(window))
-        shapes = [
-            ["warm-up text 0"],
-            [f"warm-up text {i}" for i in range(self.settings.max_batch)],
-            [long_text],
-        ]
-        samples = []
-        for texts in shapes:
-            kinds = ["passage"] * len(texts)
-            counts = self.encoder.token_counts(texts, kinds)
-            padded = max(min(n, window) for n in counts)
-            started = time.perf_counter()
-            self.encoder.encode(texts, kinds)
-            samples.append((len(texts), padded, (time.perf_counter() - started) * 1000.0))
-        self.cost.calibrate(samples)
-        log.info(
-            "encode cost: %.1f ms + %.4f ms per token (a full batch of short texts %.0f ms, one %d-token "
-            "text %.0f ms); batch budget %s",
-            self.cost.base_ms,
-            self.cost.per_token_ms,
-            samples[1][2],
-            samples[2][1],
-            samples[2][2],
-            f"{self.settings.batch_budget_ms:g} ms" if self.settings.batch_budget_ms else "off",
-        )
+        calibrate(self.cost, self.encoder, self.settings.max_batch, self.settings.batch_budget_ms)
 
     def describe(self) -> str:
         """The start-up line: everything that decides what vectors and latency a user gets."""
@@ -323,7 +297,8 @@ class Worker:
         refused ones, vectors for the rest, all written in one atomic step."""
         lane = lane or self.queue
         out = Outcomes(self.settings.worker_id, model=self.served_name, fingerprint=self.encoder.fingerprint)
-        live = self._refuse_pinned(self._refuse_rejected(batch, lane, out), out)
+        live = self.admission.parsed(batch, lane.lane, out)
+        live = self.admission.for_this_model(live, out, self.served_name, self.encoder)
         live = self.admission.admit(live, lane.now_ms(), lane.lane, out, encode_ms=self._batch_cost(live))
         rows = self.encoding.check_windows(live, out)
         encode_ms = self.encoding.encode_and_reply(rows, lane, out) if rows.entries else 0.0
@@ -341,37 +316,6 @@ class Worker:
                 encode_ms,
                 (time.perf_counter() - started) * 1000,
             )
-
-    def _refuse_rejected(self, batch: Sequence[Taken], lane: RedisQueue, out: Outcomes) -> list[Taken]:
-        """The parsed requests of ``batch``; each refused one gets its error (or, without an id
-        to answer, a dead letter)."""
-        live: list[Taken] = []
-        for item in batch:
-            rej = item.rejected
-            if rej is None:
-                live.append(item)
-                continue
-            log.warning("refused a request (%s): %s", rej.code, rej.message)
-            if rej.request_id is None:
-                self.metrics.outcome("dead", lane.lane)
-                out.dead.append(DeadLetter(rej.message, rej.code, item.raw, self.settings.worker_id))
-            else:
-                out.error(rej.request_id, rej.code, rej.message)
-        return live
-
-    def _refuse_pinned(self, live: list[Taken], out: Outcomes) -> list[Taken]:
-        """The requests this worker's model may answer; one pinned to another model gets
-        ``model_mismatch`` (never vectors of a model it did not ask for)."""
-        keep: list[Taken] = []
-        for item in live:
-            assert item.request is not None
-            why = pin_refusal(item.request, self.served_name, self.encoder.name, self.encoder.fingerprint)
-            if why is None:
-                keep.append(item)
-            else:
-                log.warning("refused a request pinned to another model: %s", why)
-                out.error(item.request.id, "model_mismatch", why)
-        return keep
 
     def _finish(self, batch: Sequence[Taken], lane: RedisQueue, out: Outcomes) -> None:
         """Write the batch's outcomes, then feed the cache and count what happened."""
