@@ -24,6 +24,17 @@ def _words(value: str) -> tuple[str, ...]:
     return tuple(v for v in value.split(",") if v)
 
 
+def redacted(url: str) -> str:
+    """``url`` without its password (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def default_model() -> str:
     """EMBEDDING_MODEL if set, else the bundled offline all-MiniLM-L6-v2."""
     from .tools.local import bundled_model_path
@@ -300,7 +311,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
         client = connect(ns.redis_url, socket_timeout=STATUS_TIMEOUT_S)
         report = collect(client, ns.queue)
     except redis.exceptions.RedisError as exc:
-        print(f"embedq status: cannot read {ns.redis_url}: {exc}", file=sys.stderr)
+        print(f"embedq status: cannot read {redacted(ns.redis_url)}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=1) if ns.json else render(report))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -52,6 +53,17 @@ PEEK_BYTES = 4096
 ECHO_CHARS = 200
 """At most this much of any field a request carries is echoed into a reply, a dead letter or a
 log line: a 10 MB id must not become a 10 MB log."""
+
+
+BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+"""Unicode categories that show nothing: control and format characters (NUL, BOM, zero-width
+space and joiners, soft hyphen) and separators. A text of only these is no text: it would
+embed as the model's "empty" vector, the same for every such text."""
+
+
+def is_blank(text: str) -> bool:
+    """True for a text with nothing visible in it (empty, whitespace, invisible characters)."""
+    return all(ch.isspace() or unicodedata.category(ch) in BLANK_CATEGORIES for ch in text)
 
 
 def too_large_message(size: int, cap: int) -> str:
@@ -443,8 +455,11 @@ def parse_request(raw: bytes, limits: Limits) -> Request:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise reject("invalid_text", f"text {i} is {_describe(text)}, not a string")
-        if not text.strip():
-            raise reject("empty_text", f"text {i} is empty or only whitespace")
+        if is_blank(text):
+            raise reject(
+                "empty_text",
+                f"text {i} is empty or only whitespace or invisible characters (NUL, BOM, zero-width)",
+            )
         if len(text) > limits.max_text_chars:
             raise reject(
                 "text_too_long",

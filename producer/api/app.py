@@ -51,5 +51,7 @@ async def count(request: Request, call_next: Any) -> Any:
     started = time.perf_counter()
     response = await call_next(request)
     state: AppState = request.app.state.embedq
-    state.metrics.observe(request.url.path, response.status_code, time.perf_counter() - started)
+    route = request.scope.get("route")  # the route's template: the labels stay bounded
+    label = getattr(route, "path", None) or "unmatched"
+    state.metrics.observe(label, response.status_code, time.perf_counter() - started)
     return response

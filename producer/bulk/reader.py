@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..protocol import is_blank
+
 FORMATS = ("jsonl", "csv", "tsv")
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 """Largest CSV field read; longer texts are refused by the text limit long before this."""
@@ -205,8 +207,10 @@ class DocumentReader:
             return BadDocument(line, doc_id, "missing_text", f"no text in field {spec.text_field!r}")
         if not isinstance(text, str):
             return BadDocument(line, doc_id, "invalid_text", f"text is {type(text).__name__}, not a string")
-        if not text.strip():
-            return BadDocument(line, doc_id, "empty_text", "text is empty or only whitespace")
+        if is_blank(text):
+            return BadDocument(
+                line, doc_id, "empty_text", "text is empty or only whitespace or invisible characters"
+            )
         if len(text) > spec.max_chars:
             return BadDocument(
                 line,

@@ -325,7 +325,8 @@ def test_bad_documents_are_listed_and_the_rest_embedded(
 
     strict = embedq("bulk", "run", str(source), str(tmp_path / "strict"), *common, "--fail-fast")
     assert strict.returncode == 1
-    assert "line 11: text is empty or only whitespace (empty_text; id 'd10')" in strict.stderr
+    empty = "line 11: text is empty or only whitespace or invisible characters (empty_text; id 'd10')"
+    assert empty in strict.stderr
 
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"id": "z", "text": "another input"}) + "\n")

@@ -53,3 +53,17 @@ def test_the_embedq_command_loads_no_tool_it_does_not_run() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_status_never_prints_a_password() -> None:
+    from embedq.cli import redacted
+
+    assert redacted("redis://api:s3cret@redis.internal:6380/0") == "redis://api:***@redis.internal:6380/0"
+    assert redacted("rediss://:s3cret@host/0") == "rediss://:***@host/0"
+    assert redacted("redis://localhost:6379/0") == "redis://localhost:6379/0"
+    result = subprocess.run(
+        [sys.executable, "-m", "embedq.cli", "status", "--redis-url", "redis://user:s3cret@127.0.0.1:1/0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "cannot read redis://user:***@127.0.0.1:1/0" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout

@@ -224,3 +224,17 @@ def test_pins_and_the_answering_model_travel_and_bad_pins_are_refused() -> None:
     reply = unpack_reply(Reply(id=req.id, code="x", message="y", model="e5", fingerprint="f1").pack())
     assert (reply.model, reply.fingerprint) == ("e5", "f1")
     assert unpack_reply(Reply(id=req.id, code="x", message="y").pack()).model == ""  # an old worker's
+
+
+@pytest.mark.parametrize(
+    "text", ["", "   ", "\x00", "\u200b\u200c", "\ufeff", "\u00ad", "\t\r\n\u3000", "\u2028"]
+)
+def test_texts_with_nothing_visible_are_refused_like_whitespace(text: str) -> None:
+    rej = rejection(pack(request_map(texts=["fine", text])))
+    assert (rej.code, rej.request_id is not None) == ("empty_text", True)
+    assert "text 1 is empty or only whitespace or invisible characters" in rej.message
+
+
+@pytest.mark.parametrize("text", ["a\u200b", "\U0001f600", "\u00e9", "\ufb01", "\uff1a"])
+def test_a_text_with_anything_visible_is_a_text(text: str) -> None:
+    assert parse_request(pack(request_map(texts=[text])), LIMITS).texts == [text]
