@@ -257,9 +257,10 @@ def test_sigterm_during_a_batch_answers_it_and_exits_zero(
     )
     workers.append(worker)
     client = EmbeddingClient.from_url(redis_server.url, queue=keys.queue, timeout=30)
-    batch = [client.call([q]) for q in RECORD_QUERIES[:3]]
+    texts = [f"{RECORD_QUERIES[i % 5]} {i}" for i in range(8)]
+    batch = [client.call([t]) for t in texts]  # a full batch: nothing sent later can join it
     client.send(*batch)
-    wait_until(lambda: r.llen(keys.processing("leaving")) == 3, 10, "the batch to be taken")
+    wait_until(lambda: r.llen(keys.processing("leaving")) == 8, 10, "the batch to be taken")
     later = [client.call([f"나중 질문 {i}"]) for i in range(10)]
     client.send(*later)
     started = time.monotonic()
@@ -268,7 +269,7 @@ def test_sigterm_during_a_batch_answers_it_and_exits_zero(
     assert code == 0, worker.log()
     assert time.monotonic() - started < 10
     got = np.vstack([client.wait(c) for c in batch])
-    assert cosines(got, in_process.encode(RECORD_QUERIES[:3])).min() >= 0.99999
+    assert cosines(got, in_process.encode(texts)).min() >= 0.99999
     assert r.llen(keys.queue) == 10, worker.log()  # not started: still queued for the next worker
     assert leftovers(r, keys) == {}
     assert not r.sismember(keys.workers, "leaving")
