@@ -151,7 +151,6 @@ class Call:
         """Indexes into ``texts`` of each sent request, in ``requests`` order."""
         self.replies: list[Reply | None] = []
         """Each sent request's reply once answered: timings, batch size and worker, for monitoring."""
-        self._slot: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         """Reply key -> slot, of the requests sent and not yet answered."""
         self._plan(range(len(self.texts)))
@@ -222,7 +221,7 @@ class Call:
                 fingerprint=self.fingerprint if self.pinned else None,
             )
             key = self.keys.reply(request.id)
-            self._slot[key] = self._pending[key] = len(self.requests)
+            self._pending[key] = len(self.requests)
             self.requests.append(request)
             self.chunks.append(chunk)
             self.replies.append(None)
@@ -269,8 +268,8 @@ class Call:
         """Take one popped reply; an error reply raises ``EmbeddingError`` (``EmbeddingTimeout``
         when the workers gave up on the deadline)."""
         name = key.decode() if isinstance(key, bytes) else key
-        slot = self._slot.get(name)
-        if slot is None:  # not ours: cannot happen with BLPOP on our own keys
+        slot = self._pending.get(name)
+        if slot is None:  # not ours, or answered already: BLPOP only waits on pending keys
             return
         request = self.requests[slot]
         try:

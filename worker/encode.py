@@ -121,9 +121,13 @@ class BatchRows:
         return len(self.texts)
 
     @property
-    def padded_tokens(self) -> int:
-        """Tokens every text of the batch is padded to: its longest (after any cut), at least 1."""
-        return max((max(e.tokens, default=1) for e in self.entries), default=1)
+    def row_tokens(self) -> list[int]:
+        """Tokens of each row (after any cut; 1 where the model reports none)."""
+        out = [1] * len(self.texts)
+        for entry in self.entries:
+            if entry.tokens:
+                out[entry.rows.start : entry.rows.stop] = entry.tokens
+        return out
 
 
 class BatchEncoder:
@@ -212,7 +216,8 @@ class BatchEncoder:
         vectors = np.zeros((len(texts), self.encoder.dim), np.float32)
         failures: dict[int, str] = {}
         encode_ms = 0.0
-        for n, part in enumerate(self.slices(rows)):
+        lengths = rows.row_tokens
+        for n, part in enumerate(self.slices(rows, lengths)):
             if n and self.between is not None:
                 self.between()
             started = time.perf_counter()
@@ -224,7 +229,7 @@ class BatchEncoder:
             self.batches += 1
             self.metrics.batch(len(part), ms / 1000.0, lane.lane)
             if not failed:
-                self.cost.add(len(part), self._padded(rows, part), ms)
+                self.cost.add(len(part), max(lengths[part.start : part.stop]), ms)
         failed_entries: list[tuple[Entry, str]] = []
         for entry in rows.entries:
             bad = [i for i in entry.rows if i in failures]
@@ -237,18 +242,15 @@ class BatchEncoder:
             self._retry_or_give_up(failed_entries, lane, out)
         return encode_ms
 
-    def slices(self, rows: BatchRows) -> list[range]:
-        """The row ranges to encode one at a time: all rows at once when they fit the budget (or
-        there is none), else consecutive slices that each fit it, of at least one text."""
+    def slices(self, rows: BatchRows, lengths: list[int]) -> list[range]:
+        """The row ranges to encode one at a time (``lengths``: each row's tokens): all rows at
+        once when they fit the budget (or there is none), else consecutive slices that each fit
+        it, of at least one text."""
         whole = range(len(rows))
         if not self.budget_ms or len(rows) <= 1:
             return [whole]
-        if self.cost.expected_ms(len(rows), rows.padded_tokens) <= self.budget_ms:
+        if self.cost.expected_ms(len(rows), max(lengths)) <= self.budget_ms:
             return [whole]
-        lengths = [0] * len(rows)
-        for entry in rows.entries:
-            counts = entry.tokens or (1,) * len(entry.rows)
-            lengths[entry.rows.start : entry.rows.stop] = counts
         out: list[range] = []
         start, longest = 0, 1
         for i, n in enumerate(lengths):
@@ -259,16 +261,6 @@ class BatchEncoder:
             longest = max(1, grown)
         out.append(range(start, len(rows)))
         return out
-
-    @staticmethod
-    def _padded(rows: BatchRows, part: range) -> int:
-        """Tokens the rows of ``part`` are padded to."""
-        longest = 1
-        for entry in rows.entries:
-            for i, n in zip(entry.rows, entry.tokens, strict=False):
-                if i in part:
-                    longest = max(longest, n)
-        return longest
 
     def _answer(
         self,
