@@ -165,9 +165,9 @@ class Worker:
 
     def run(self) -> None:
         """Serve until stopped; waits out Redis outages and refusals with capped backoff."""
+        log.info(self.describe())  # before the first heartbeat: who sees it live can read this line
         self._until_ok(self._start, "starting")
         self.presence.start()
-        log.info(self.describe())
         while not self._stopping:
             try:
                 self.tick()
