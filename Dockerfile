@@ -7,7 +7,9 @@
 #     docker build -t embedq-worker-torch --target worker-torch .
 #   producer: no torch; runs the RQ bulk worker and the example API
 #     docker build -t embedq-producer --target producer .
-FROM python:3.11-slim AS base
+# Base pinned to a patch release and Debian suite (a rebuild gets the same Python); pin a digest
+# (python:3.11.11-slim-bookworm@sha256:...) in your registry for byte-identical rebuilds.
+FROM python:3.11.11-slim-bookworm AS base
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
@@ -58,9 +60,11 @@ ENV HF_HUB_OFFLINE=1 \
     EMBED_BACKEND=torch \
     EMBED_THREADS=2 \
     EMBED_DEVICE=cpu \
-    EMBED_METRICS_PORT=9100
+    EMBED_METRICS_PORT=9100 \
+    EMBED_ALIVE_FILE=/tmp/embedq-worker.alive
 EXPOSE 9100
-HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["embedq-worker", "health"]
+# Liveness of the loop itself (not Redis: an outage must not restart every worker at once).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["embedq-worker", "health", "--live"]
 CMD ["embedq-worker"]
 
 
@@ -77,8 +81,10 @@ ENV EMBEDDING_MODEL=/opt/model \
     EMBED_SERVED_NAME=$MODEL \
     EMBED_BACKEND=onnx \
     EMBED_THREADS=2 \
-    EMBED_METRICS_PORT=9100
+    EMBED_METRICS_PORT=9100 \
+    EMBED_ALIVE_FILE=/tmp/embedq-worker.alive
 EXPOSE 9100
-# Fresh heartbeat of this container's worker (ids default to hostname-pid).
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["embedq-worker", "health"]
+# Liveness of the loop itself (not Redis: an outage must not restart every worker at once);
+# `embedq-worker health` (a fresh heartbeat in Redis) is the readiness check.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["embedq-worker", "health", "--live"]
 CMD ["embedq-worker"]

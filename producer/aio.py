@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -73,10 +72,8 @@ class AsyncEmbeddingClient(ClientBase):
         return (await self.embed(texts, "passage", truncate=truncate)).tolist()
 
     async def aclose(self) -> None:
-        """Release the connection pools (the query cache's stats are flushed first)."""
+        """Release the connection pools."""
         if self.cache is not None:
-            with contextlib.suppress(Exception):
-                await self.cache.aflush()
             await self.cache.redis.aclose()
         await self.redis.aclose()
 

@@ -13,7 +13,7 @@ from . import defaults
 from .cache import DEFAULT_KINDS, CacheLookup, check_kinds
 from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
 from .clock import RedisClock
-from .connection import producer_options
+from .connection import cache_options, producer_options
 from .protocol import DEFAULT_QUEUE, Keys
 
 DEFAULT_TIMEOUT = defaults.TIMEOUT_S
@@ -150,9 +150,7 @@ class ClientBase:
         options = {**connection_options(check_timeout(timeout)), **redis_options}
         cache = None
         if cache_url:
-            cache = cls.redis_class.from_url(
-                cache_url, **{**options, "socket_timeout": defaults.CACHE_SOCKET_TIMEOUT_S}
-            )
+            cache = cls.redis_class.from_url(cache_url, **cache_options())
         return cls(
             cls.redis_class.from_url(url, **options),
             queue=queue,

@@ -3,10 +3,15 @@
 Workers write each vector they encode into the cache Redis (``EMBED_CACHE_URL``) under the
 fingerprint of their model (``embedq.worker.cache``). A producer with a cache reads the live
 workers' fingerprint from their heartbeats (at most every ``refresh_s``) and looks a call's
-texts up in one round trip (an MGET; hits and misses reach the shared stats hash with the next
-fingerprint read); the misses go through the queue as always. While live workers disagree on
-the fingerprint (a rolling upgrade) or none is alive, the cache is not read: a new model never
-answers with old vectors. A failing cache (down, refusing) costs a warning and nothing else.
+texts up in one round trip (an MGET); the misses go through the queue as always. While live
+workers disagree on the fingerprint (a rolling upgrade) or none is alive, the cache is not
+read: a new model never answers with old vectors.
+
+Hits and misses are counted per client (``stats``): only producers see them, and the shared
+cache Redis takes no counters from producers (one could fake the others' numbers). A failing
+cache (down, blackholed, slow, refusing) costs a warning and one short timeout
+(``embedq.connection.cache_options``); after a few in a row the breaker (``embedq.breaker``)
+leaves it alone for a while, and a call's own timeout starts after its lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import defaults
+from .breaker import Breaker
 from .protocol import KINDS, CacheEntry, Heartbeat, Keys
 from .workers import heartbeat_values, heartbeat_values_async
 
@@ -89,9 +95,10 @@ class CacheLookup:
         self.hits = 0
         self.misses = 0
         self.errors = 0
+        self.skipped = 0
+        """Lookups not tried while the breaker was open (a failing cache left alone)."""
+        self.breaker = Breaker()
         self._warned_at = -1e9
-        self._flushed = {"hits": 0, "misses": 0}
-        """The counts already added to the shared stats hash."""
 
     def stale(self) -> bool:
         """True when the fingerprint should be read again from the heartbeats."""
@@ -141,16 +148,18 @@ class CacheLookup:
         self.misses += len(texts) - len(hits)
         return hits
 
-    def take_unflushed(self) -> dict[str, int]:
-        """Hits and misses not yet added to the shared stats hash (and count them as added)."""
-        now = {"hits": self.hits, "misses": self.misses}
-        out = {k: v - self._flushed[k] for k, v in now.items() if v > self._flushed[k]}
-        self._flushed = now
-        return out
+    def usable(self) -> bool:
+        """False while the breaker is open: the call goes straight to the queue."""
+        if self.breaker.closed():
+            return True
+        self.skipped += 1
+        return False
 
     def failed(self, exc: Exception) -> None:
-        """A lookup that failed: counted, logged now and then, never raised."""
+        """A lookup that failed: counted, logged now and then, never raised; enough in a row
+        open the breaker."""
         self.errors += 1
+        self.breaker.failure()
         now = time.monotonic()
         if now - self._warned_at > WARN_EVERY_S:
             self._warned_at = now
@@ -160,57 +169,41 @@ class CacheLookup:
         self, kind: str, texts: Sequence[str], queue_redis: Any, fingerprint: str | None = None
     ) -> Hits:
         """Cached vectors for ``texts`` (sync clients), of the pinned ``fingerprint`` if any."""
+        if not self.usable():
+            return Hits()
         try:
             if self.stale():
                 self.learn(heartbeat_values(queue_redis, self.keys)[1])
-                self.flush()
             planned = self.plan(kind, texts, fingerprint)
             if planned is None:
                 return Hits()
             keys, firsts = planned
-            return self.found(texts, firsts, self.redis.mget(keys))
+            values = self.redis.mget(keys)
         except Exception as exc:
             self.failed(exc)
             return Hits()
+        self.breaker.success()
+        return self.found(texts, firsts, values)
 
     async def alookup(
         self, kind: str, texts: Sequence[str], queue_redis: Any, fingerprint: str | None = None
     ) -> Hits:
         """Cached vectors for ``texts`` (asyncio clients), of the pinned ``fingerprint`` if any."""
+        if not self.usable():
+            return Hits()
         try:
             if self.stale():
                 self.learn((await heartbeat_values_async(queue_redis, self.keys))[1])
-                await self.aflush()
             planned = self.plan(kind, texts, fingerprint)
             if planned is None:
                 return Hits()
             keys, firsts = planned
-            return self.found(texts, firsts, await self.redis.mget(keys))
+            values = await self.redis.mget(keys)
         except Exception as exc:
             self.failed(exc)
             return Hits()
-
-    def _stats_pipeline(self) -> Any:
-        """A pipeline adding the new hits and misses to the shared stats hash, or None."""
-        counts = self.take_unflushed()
-        if not counts:
-            return None
-        pipe = self.redis.pipeline(transaction=False)
-        for name, n in counts.items():
-            pipe.hincrby(self.keys.cache_stats, name, n)
-        return pipe
-
-    def flush(self) -> None:
-        """Add this client's new hits and misses to the shared stats hash (sync clients)."""
-        pipe = self._stats_pipeline()
-        if pipe is not None:
-            pipe.execute()
-
-    async def aflush(self) -> None:
-        """Add this client's new hits and misses to the shared stats hash (asyncio clients)."""
-        pipe = self._stats_pipeline()
-        if pipe is not None:
-            await pipe.execute()
+        self.breaker.success()
+        return self.found(texts, firsts, values)
 
     def stats(self) -> dict[str, float]:
         """This client's hits, misses, hit ratio and failed lookups."""
@@ -220,4 +213,5 @@ class CacheLookup:
             "misses": self.misses,
             "hit_ratio": round(self.hits / total, 4) if total else 0.0,
             "errors": self.errors,
+            "skipped": self.skipped,
         }

@@ -169,9 +169,12 @@ class Call:
         return self.keys.queue if self.lane == "online" else self.keys.bulk
 
     def use_cached(self, hits: Hits) -> None:
-        """Take the query cache's answers before anything is sent: only the rest becomes requests."""
+        """Take the query cache's answers before anything is sent: only the rest becomes requests.
+        The call's clock starts again here: however long the lookup took, the queue gets the
+        whole timeout (a slow cache must never turn into a queue timeout)."""
         if self.requests:
             raise RuntimeError("use_cached after sending")
+        self.progress_at = time.monotonic()
         if not len(hits):
             return
         self.cached = hits

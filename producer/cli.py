@@ -13,6 +13,7 @@ import numpy as np
 
 from embedq.extras import MissingExtra, require
 
+from .acl import ROLES
 from .defaults import setting
 
 
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_bulk_parser(sub)
 
-    acl = sub.add_parser("acl", help="print the Redis ACL rules of a role (worker, producer, bulk)")
-    acl.add_argument("--role", required=True, choices=("worker", "producer", "bulk"))
+    acl = sub.add_parser("acl", help="print the Redis ACL rules of a role (worker, producer, bulk, status)")
+    acl.add_argument("--role", required=True, choices=ROLES)
     acl.add_argument("--user", required=True, help="the Redis user name")
     acl.add_argument("--password", required=True, help="the user's password")
     acl.add_argument("--queue", default=setting("queue"), help="the workers' queue (env EMBED_QUEUE)")
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-url", help="env EMBED_CACHE_URL: the workers' query cache (default off)")
     serve.add_argument("--timeout", type=float, help="env EMBED_TIMEOUT (default 5)")
     serve.add_argument("--kind", choices=("query", "passage"), help="env EMBED_API_KIND (default query)")
+    serve.add_argument(
+        "--no-auth", action="store_true",
+        help="serve a non-loopback address without API keys (env EMBED_API_NO_AUTH): only behind a "
+        "gateway that authenticates; keys come from EMBED_API_KEYS / EMBED_API_KEYS_FILE",
+    )  # fmt: skip
 
     st = sub.add_parser("status", help="queue depths, live workers, requests/s and p95 of the last minute")
     st.add_argument("--redis-url", default=setting("redis_url"), help="env REDIS_URL")
@@ -342,15 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except MissingExtra as exc:
             print(f"embedq: {exc}", file=sys.stderr)
             return 2
-        import uvicorn
+        from embedq.api.serve import run
 
-        from embedq.api import ApiSettings, create_app
-
-        settings = ApiSettings.from_env(
-            redis_url=ns.redis_url, queue=ns.queue, timeout=ns.timeout, kind=ns.kind, cache_url=ns.cache_url
-        )
-        uvicorn.run(create_app(settings), host=ns.host, port=ns.port, log_level="info")
-        return 0
+        return run(
+            ns.host, ns.port, ns.no_auth or setting("api_no_auth"), redis_url=ns.redis_url, queue=ns.queue,
+            timeout=ns.timeout, kind=ns.kind, cache_url=ns.cache_url,
+        )  # fmt: skip
     if ns.command == "acl":
         from embedq.acl import AclRules
 

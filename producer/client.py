@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,10 +82,8 @@ class EmbeddingClient(ClientBase):
         return self.embed(texts, "passage", truncate=truncate).tolist()
 
     def close(self) -> None:
-        """Release the connection pools (the query cache's stats are flushed first)."""
+        """Release the connection pools."""
         if self.cache is not None:
-            with contextlib.suppress(Exception):
-                self.cache.flush()
             self.cache.redis.close()
         self.redis.close()
 

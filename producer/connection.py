@@ -25,6 +25,25 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 """The errors that mean "Redis is not answering" (as opposed to refusing a command)."""
 
 
+CACHE_CONNECT_TIMEOUT_S = 0.25
+"""Connect timeout of a producer's query-cache client: a blackholed cache costs this, not 5 s."""
+CACHE_SOCKET_TIMEOUT_S = 0.25
+"""Longest a cache lookup may take before the call goes through the queue instead."""
+
+
+def cache_options() -> dict[str, Any]:
+    """redis-py options of a producer's query-cache client: short timeouts and no retry, since a
+    cache that does not answer at once is worth less than the queue (``embedq.breaker`` then
+    leaves it alone for a while)."""
+    return {
+        "socket_timeout": CACHE_SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CACHE_CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": MAX_CONNECTIONS,
+    }
+
+
 def connect(
     url: str,
     *,

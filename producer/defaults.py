@@ -38,8 +38,6 @@ PUSH_SLICE = 1000
 """Payloads per enqueue script call (Lua's unpack has a stack limit)."""
 CACHE_KINDS = ("query",)
 """Kinds the query cache holds by default: questions repeat, documents rarely do."""
-CACHE_SOCKET_TIMEOUT_S = 0.5
-"""A cache lookup that takes longer than this gives up and goes through the queue."""
 STATUS_TIMEOUT_S = 5.0
 """Socket timeout of ``embedq status``'s reads."""
 API_HOST = "127.0.0.1"
@@ -49,8 +47,15 @@ API_KIND = "query"
 """The kind of an OpenAI request's texts unless it says ``embedq_kind``."""
 API_MAX_INPUTS = 2048
 """Most texts in one HTTP request (OpenAI's own limit)."""
-API_MAX_BODY_BYTES = 0
-"""0: sized from ``API_MAX_INPUTS`` texts of ``MAX_TEXT_CHARS`` characters as JSON."""
+API_MAX_BODY_BYTES = 8 * 1024 * 1024
+"""Largest request body read (8 MiB: about 300,000 tokens of text, OpenAI's own per-request cap)."""
+API_BODIES_BYTES = 64 * 1024 * 1024
+"""Bytes of request bodies one front door process holds at once; a request that would go over it
+is answered 503 before its body is read. Measured: 16 concurrent 7.4 MiB bodies (2,100 inputs
+each) admitted 8 and answered 503 to 8, peaking the process at 145 MB (76 MB idle): well
+inside the shipped pod's 512Mi, where one unbounded 100 MB body used to peak at 307 MB."""
+API_BODY_TIMEOUT_S = 10.0
+"""A request whose body has not fully arrived this long after its headers gets 408."""
 KORQUAD = os.path.join("..", "shared", "data", "korquad")
 """Where the KorQuAD dev set is looked for, relative to the working directory (the checkout)."""
 
@@ -99,6 +104,11 @@ ENV: dict[str, EnvSetting] = {
     "api_queues": EnvSetting("EMBED_API_QUEUES", ""),
     "api_max_inputs": EnvSetting("EMBED_API_MAX_INPUTS", API_MAX_INPUTS, int),
     "api_max_body_bytes": EnvSetting("EMBED_API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, int),
+    "api_bodies_bytes": EnvSetting("EMBED_API_BODIES_BYTES", API_BODIES_BYTES, int),
+    "api_body_timeout": EnvSetting("EMBED_API_BODY_TIMEOUT", API_BODY_TIMEOUT_S, float),
+    "api_keys": EnvSetting("EMBED_API_KEYS", ""),
+    "api_keys_file": EnvSetting("EMBED_API_KEYS_FILE", ""),
+    "api_no_auth": EnvSetting("EMBED_API_NO_AUTH", False, parse_bool),
     "korquad": EnvSetting("EMBEDQ_KORQUAD", KORQUAD),
 }
 """Setting name -> its variable, default and parser: every environment variable the light side

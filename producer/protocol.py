@@ -170,11 +170,6 @@ class Keys:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return f"{self.namespace}:cache:{fingerprint}:{kind}:{digest}"
 
-    @property
-    def cache_stats(self) -> str:
-        """Hash of the query cache's ``hits`` and ``misses`` (counted by the producers' lookups)."""
-        return f"{self.namespace}:cache:stats"
-
 
 def new_request_id() -> str:
     """A fresh request id (uuid4, 32 lowercase hex digits)."""

@@ -71,7 +71,14 @@ def collect(client: redis.Redis, queue: str) -> dict[str, Any]:
             },
         )
         entry["workers"].append(w["id"])
-    cache = next((w["cache"] for w in workers if w["cache"]), None)
+    caching = [w["cache"] for w in workers if w["cache"]]
+    cache = None
+    if caching:  # the workers' own counts, summed (hits are seen by producers only)
+        cache = {
+            "kinds": caching[0].get("kinds", []),
+            "ttl_s": caching[0].get("ttl_s"),
+            **{k: sum(int(c.get(k, 0)) for c in caching) for k in ("writes", "errors", "dropped")},
+        }
     warnings = [w for w in [eviction_warning(policy)] if w]
     if len(models) > 1:
         warnings.append(
@@ -116,8 +123,8 @@ def render(report: dict[str, Any]) -> str:
     if cache:
         lines.append(
             f"query cache ({','.join(cache.get('kinds', []))}, ttl {cache.get('ttl_s')}s): "
-            f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses, hit ratio "
-            f"{cache.get('hit_ratio', 0.0):.1%}"
+            f"{cache['writes']} vectors stored, {cache['errors']} failed writes, {cache['dropped']} "
+            "dropped (hit ratios: each producer's own stats, embedq serve's /metrics)"
         )
     else:
         lines.append("query cache: off")

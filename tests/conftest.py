@@ -25,3 +25,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The failed tests' names last, one short line each: a CI log's tail names them even when
+    an assertion's message is long enough to push pytest's own summary out of view."""
+    failed = [
+        r.nodeid for r in terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
+    ]
+    if failed:
+        terminalreporter.write_line("failed tests: " + " ".join(dict.fromkeys(failed)))

@@ -22,6 +22,7 @@ from embedq import connection
 from embedq.extras import MissingExtra, require
 
 from .encoder import Encoder
+from .liveness import MAX_AGE_S, check_alive
 from .settings import ENV, FIELD_TYPES, Settings, SettingsError
 
 log = logging.getLogger("embedq.worker")
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 if this host's worker (or --worker-id, or with --any any worker) has a fresh heartbeat",
     )
     health.add_argument("--any", action="store_true", help="any live worker on the queue will do")
+    health.add_argument(
+        "--live", action="store_true",
+        help="only check that this container's worker loop turns (EMBED_ALIVE_FILE), not Redis: "
+        "for a liveness probe, so a Redis outage restarts no worker",
+    )  # fmt: skip
+    health.add_argument("--max-age", type=float, default=MAX_AGE_S, help="--live: seconds (default 120)")
     reap = sub.add_parser("reap", help="put the requests of dead workers back on the queue, once")
     export = sub.add_parser(
         "export",
@@ -71,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in ("redis_url", "queue", "worker_id", "max_attempts", "reply_ttl", "dead_max"):
             for p in (health, reap):
                 p.add_argument(flag, help=f"env {ENV[f.name]}", **options)
+        if f.name == "alive_file":
+            health.add_argument(flag, help=f"env {ENV[f.name]}", **options)
     return parser
 
 
@@ -266,12 +275,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("INFO")
         return export(ns.model, ns.out, ns.quantize, ns.exporter)
     any_worker = bool(getattr(ns, "any", False))
-    overrides = {k: v for k, v in vars(ns).items() if k not in ("command", "any")}
+    overrides = {k: v for k, v in vars(ns).items() if k not in ("command", "any", "live", "max_age")}
     try:
         settings = Settings.from_env(**overrides)
     except SettingsError as exc:
         print(f"embedq-worker: {exc}", file=sys.stderr)
         return 2
+    if command == "health" and ns.live:
+        alive, line = check_alive(settings.alive_file, ns.max_age)
+        print(line)
+        return 0 if alive else 1
     if command == "health":
         explicit = overrides.get("worker_id") is not None or ENV["worker_id"] in os.environ
         return health(settings, explicit_id=explicit, any_worker=any_worker)

@@ -26,6 +26,7 @@ from .encode import BatchEncoder
 from .encoder import Encoder
 from .identity import served_name
 from .lane import RedisQueue, Taken
+from .liveness import AliveFile
 from .metrics import Metrics
 from .outcomes import Outcomes
 from .presence import Presence
@@ -74,6 +75,10 @@ class Worker:
 
         self.queue, self.bulk = lane(False), lane(True)
         self.metrics = Metrics()
+        self.alive = AliveFile(settings.alive_file)
+        """Touched on every turn of the loop: ``embedq-worker health --live``."""
+        if cache is not None:
+            cache.on_written = self.metrics.cache_writes.inc
         self.counts = self.metrics.counts
         self.guard = RedisGuard(on_error=self.metrics.redis_error)
         beats = beat_client or client
@@ -169,12 +174,15 @@ class Worker:
         self._until_ok(self._start, "starting")
         self.presence.start()
         while not self._stopping:
+            self.alive.touch()
             try:
                 self.tick()
                 self.guard.recovered()
             except Exception as exc:
                 self._recover_from(exc)
         self.presence.stop()
+        if self.cache is not None:
+            self.cache.close()
         self._until_ok(self._leave, "leaving", attempts=3)
         log.info("worker %s stopped: %s", self.settings.worker_id, dict(self.counts))
 
@@ -228,6 +236,7 @@ class Worker:
         """Run ``step`` until it succeeds (or ``attempts`` tries, or a stop while retrying)."""
         tries = 0
         while True:
+            self.alive.touch()  # waiting out Redis is the loop turning, not a stuck one
             try:
                 step()
                 self.guard.recovered()
@@ -321,7 +330,7 @@ class Worker:
         """Write the batch's outcomes, then feed the cache and count what happened."""
         undeliverable = set(lane.finish(batch, out))
         if self.cache is not None and out.cacheable:
-            self.metrics.cache_writes.inc(self.cache.store(out.cacheable))
+            self.cache.store(out.cacheable)  # handed to its thread: the batch never waits on the cache
         now_ms = lane.now_ms()
         for i, outcome in enumerate(out.counts):
             if i in undeliverable:

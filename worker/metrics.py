@@ -83,28 +83,22 @@ class Metrics:
         self.cache_writes = PromCounter(
             "embedq_cache_writes", "Vectors this worker stored in the query cache", registry=r
         )
-        self.cache_lookups = Gauge(
-            "embedq_cache_lookups",
-            "Query-cache lookups by all producers, by result (hit, miss): read from the cache Redis",
-            ["result"],
+        self.cache_trouble = Gauge(
+            "embedq_cache_trouble",
+            "Query-cache writes that failed, and vectors dropped (cache slow, full or left alone)",
+            ["what"],
             registry=r,
-        )
-        self.cache_hit_ratio = Gauge(
-            "embedq_cache_hit_ratio", "Share of producers' cache lookups answered by the cache", registry=r
         )
         self.info = Info("embedq_worker", "Model and settings of this worker", registry=r)
         self.counts: Counter[str] = Counter()
         self._recent: deque[tuple[float, float]] = deque()
 
     def cache(self, stats: Mapping[str, object]) -> None:
-        """Set the cache gauges from the shared counts (``CacheWriter.stats``)."""
-        for result, name in (("hit", "hits"), ("miss", "misses")):
-            value = stats.get(name)
+        """Set the cache trouble gauges from the writer's counts (``CacheWriter.stats``)."""
+        for what in ("errors", "dropped"):
+            value = stats.get(what)
             if isinstance(value, int):
-                self.cache_lookups.labels(result).set(value)
-        ratio = stats.get("hit_ratio")
-        if isinstance(ratio, float):
-            self.cache_hit_ratio.set(ratio)
+                self.cache_trouble.labels(what).set(value)
 
     def describe(self, info: Mapping[str, object]) -> None:
         """Set the info metric (model, dimension, device, threads, ...)."""

@@ -90,6 +90,9 @@ class Settings:
     """``text`` for people, ``json`` (one object per line) for log shippers."""
     metrics_port: int = 0
     """Serve Prometheus metrics on this port; 0: off."""
+    alive_file: str = ""
+    """A file the loop touches on every turn, for ``embedq-worker health --live`` (a liveness
+    probe that does not depend on Redis); empty: off."""
     cache_url: str | None = None
     """The query cache's Redis (off when unset): each vector this worker encodes is stored there
     under the model's fingerprint, and producers given the same URL answer repeats from it. Use a
@@ -202,6 +205,7 @@ ENV: dict[str, str] = {
     "log_level": "EMBED_LOG_LEVEL",
     "log_format": "EMBED_LOG_FORMAT",
     "metrics_port": "EMBED_METRICS_PORT",
+    "alive_file": "EMBED_ALIVE_FILE",
     "cache_url": "EMBED_CACHE_URL",
     "cache_ttl": "EMBED_CACHE_TTL",
     "cache_kinds": "EMBED_CACHE_KINDS",

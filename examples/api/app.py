@@ -35,7 +35,7 @@ MAX_TEXTS = 64
 """Most texts one HTTP call may embed (split into worker-sized requests by the client)."""
 MAX_TEXT_CHARS = setting("max_text_chars")
 """Longest text accepted: the workers' limit, refused here before it travels."""
-MAX_BODY_BYTES = setting("api_max_body_bytes") or MAX_TEXTS * MAX_TEXT_CHARS * 6 + 4096
+MAX_BODY_BYTES = MAX_TEXTS * MAX_TEXT_CHARS * 6 + 4096
 """Largest request body read (413 beyond): enough for MAX_TEXTS texts of MAX_TEXT_CHARS characters
 as JSON-escaped UTF-8."""
 

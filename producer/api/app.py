@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,13 +10,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..aio import AsyncEmbeddingClient
-from .errors import ApiError, api_error, invalid
+from .auth import Authenticate
+from .errors import ApiError, api_error, http_error, invalid
 from .limits import BodyLimit
 from .routes import router
 from .settings import ApiSettings
 from .state import AppState
+
+log = logging.getLogger("embedq.api")
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -38,20 +43,30 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 await client.aclose()
 
     app = FastAPI(title="embedq", lifespan=lifespan)
-    app.add_middleware(BodyLimit, limit=settings.body_cap)
+    limits = {"limit": settings.max_body_bytes, "held_limit": settings.bodies_bytes}
+    app.add_middleware(BodyLimit, **limits, timeout=settings.body_timeout)
+    if settings.keys:
+        app.add_middleware(Authenticate, keys=settings.keys)  # outside the body limit: no key, no read
     app.middleware("http")(count)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)
     return app
 
 
 async def count(request: Request, call_next: Any) -> Any:
-    """Middleware: every response counted by route and status, with its latency."""
+    """Middleware: every response counted by route, status and API key name, with its latency,
+    and logged with the key's name (never the key)."""
     started = time.perf_counter()
     response = await call_next(request)
+    seconds = time.perf_counter() - started
     state: AppState = request.app.state.embedq
     route = request.scope.get("route")  # the route's template: the labels stay bounded
     label = getattr(route, "path", None) or "unmatched"
-    state.metrics.observe(label, response.status_code, time.perf_counter() - started)
+    key = request.scope.get("state", {}).get("key_name", "")
+    state.metrics.observe(label, response.status_code, seconds, key)
+    log.info(
+        "%s %s %d %.1f ms key=%s", request.method, label, response.status_code, seconds * 1000, key or "-"
+    )
     return response

@@ -3,11 +3,14 @@ mapping of every embedq exception to the HTTP status a caller can act on."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from ..errors import (
     EmbeddingConnectionError,
@@ -54,6 +57,26 @@ def from_embedq(exc: EmbedqError) -> ApiError:
     return error
 
 
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    kind: str,
+    code: str,
+    *,
+    headers: dict[str, str] | None = None,
+    retry_after: int | None = None,
+) -> None:
+    """An error in OpenAI's shape sent straight from an ASGI middleware (before any route runs)."""
+    extra = dict(headers or {})
+    if retry_after is not None:
+        extra["retry-after"] = str(retry_after)
+    raw = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in extra.items())]
+    body = json.dumps(error_body(message, kind, code)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def api_error(request: Request, exc: Exception) -> JSONResponse:
     """Handler: an ``ApiError`` as its JSON body and status."""
     assert isinstance(exc, ApiError)
@@ -70,4 +93,16 @@ async def invalid(request: Request, exc: Exception) -> JSONResponse:
     message = f"{first.get('msg', 'invalid request')} ({param})" if param else str(first.get("msg"))
     return JSONResponse(
         error_body(message, "invalid_request_error", "invalid_request", param), status_code=400
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Handler: the framework's own errors (unknown path, wrong method, unreadable body) in
+    OpenAI's shape too, never ``{"detail": ...}``."""
+    assert isinstance(exc, StarletteHTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(
+        error_body(str(exc.detail), kind, f"http_{exc.status_code}"),
+        status_code=exc.status_code,
+        headers=dict(exc.headers or {}),
     )

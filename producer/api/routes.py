@@ -36,12 +36,30 @@ async def embed(
                 kind="invalid_request_error", code="text_too_long", param="input",
             )  # fmt: skip
     client = state.clients[served.queue] if served else state.client
-    call = client.call(texts, kind, truncate=truncate, model=served.name if served else None)
     try:
+        call = client.call(texts, kind, truncate=truncate, model=served.name if served else None)
         vectors = await client.embed_call(call)
     except EmbedqError as exc:
         raise from_embedq(exc) from exc
     return vectors, call.tokens, call.served_by or (served.name if served else "")
+
+
+TOKEN_IDS = (
+    "input is token ids; embedq embeds text with the model's own tokenizer, and ids of another "
+    "tokenizer (OpenAI's tiktoken) cannot be turned back into the text exactly: send strings. "
+    "LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False) sends strings."
+)
+
+
+def texts_of(raw: str | list[str] | list[int] | list[list[int]]) -> list[str]:
+    """The texts of an OpenAI ``input``, or a 400: empty, or token-id arrays (what LangChain's
+    ``OpenAIEmbeddings`` sends by default), refused with what to send instead."""
+    items = [raw] if isinstance(raw, str) else list(raw)
+    if not items:
+        raise ApiError(400, "input is empty", kind="invalid_request_error", code="empty_input", param="input")
+    if not all(isinstance(item, str) for item in items):
+        raise ApiError(400, TOKEN_IDS, kind="invalid_request_error", code="token_ids", param="input")
+    return [item for item in items if isinstance(item, str)]
 
 
 @router.post("/v1/embeddings")
@@ -55,9 +73,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any
             400, f"dimensions {body.dimensions} is not supported: {body.model} gives {beat.dim}",
             kind="invalid_request_error", code="unsupported_dimensions", param="dimensions",
         )  # fmt: skip
-    texts = [body.input] if isinstance(body.input, str) else list(body.input)
-    if not texts:
-        raise ApiError(400, "input is empty", kind="invalid_request_error", code="empty_input", param="input")
+    texts = texts_of(body.input)
     kind = body.embedq_kind or state.settings.kind
     vectors, tokens, answered = await embed(state, texts, kind, body.embedq_truncate, served)
     data = []

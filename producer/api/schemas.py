@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 class EmbeddingsRequest(BaseModel):
     """OpenAI's embeddings request, plus embedq's optional kind and truncate."""
 
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]
+    """Texts; token-id arrays parse so that the route can say why they are refused."""
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None

@@ -77,6 +77,11 @@ def _job_args(p: argparse.ArgumentParser) -> None:
         "(cut ones are listed in truncated.jsonl)",
     )
     p.add_argument("--fail-fast", action="store_true", help="stop at the first bad document")
+    p.add_argument(
+        "--keep-duplicate-ids", action="store_true",
+        help="embed a document whose id an earlier one has (default: list it in errors.jsonl as "
+        "duplicate_id; the first one wins)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace another job's output in OUTPUT")
 
 
@@ -97,6 +102,7 @@ def options_from(ns: argparse.Namespace) -> BulkOptions:
         model=ns.model,
         truncate=ns.truncate,
         fail_fast=ns.fail_fast,
+        keep_duplicate_ids=ns.keep_duplicate_ids,
         overwrite=ns.overwrite,
     )
 

@@ -69,6 +69,8 @@ class BulkJob:
         self.progress = Progress()
         self.started = time.monotonic()
         self.encoded_this_run = 0
+        self.duplicates = 0
+        """Documents whose id an earlier one has (listed as bad, or kept: ``keep_duplicate_ids``)."""
         self._reported = 0.0
         self._encode_started = 0.0
         self._batch_ms: deque[float] = deque(maxlen=BATCH_TIMES_KEPT)
@@ -129,7 +131,10 @@ class BulkJob:
         self.progress.total, self.progress.errors = rows, errors
         self.progress.chunks_total = state["chunks"]
         if state["complete"]:
-            log.info("%s is already complete: nothing to do", self.out.path)
+            # deleted or cut since: an error, never "done"
+            if state.get("dim") is not None:
+                self.out.verify(state.get("files") or {}, state["rows"], state["dim"])
+            log.info("%s is already complete (its files checked): nothing to do", self.out.path)
             self.progress.done, self.progress.chunks_done = rows, state["chunks"]
             self._report("done", force=True)
             return self._summary(state)
@@ -146,7 +151,7 @@ class BulkJob:
             open(self._scan_file(IDS), "w", encoding="utf-8") as ids,
             open(self._scan_file(ERRORS), "w", encoding="utf-8") as bad,
         ):
-            for doc in reader:
+            for doc in self._checked(reader):
                 if isinstance(doc, BadDocument):
                     if self.options.fail_fast:
                         raise BulkInputError(
@@ -161,6 +166,10 @@ class BulkJob:
                     self.progress.total, self.progress.errors = rows, errors
                     self._report("scanning")
         log.info("%s: %d document(s) to embed, %d bad (see %s)", self.input, rows, errors, ERRORS)
+        if self.duplicates:
+            kept = self.options.keep_duplicate_ids
+            where = "embedded anyway (--keep-duplicate-ids)" if kept else f"listed in {ERRORS}"
+            log.warning("%d document(s) repeat an earlier id: %s", self.duplicates, where)
         return rows, errors
 
     def _scan_file(self, name: str) -> Path:
@@ -174,8 +183,27 @@ class BulkJob:
         for name in (IDS, ERRORS):
             self._scan_file(name).unlink(missing_ok=True)
 
-    def _documents(self, reader: DocumentReader) -> Iterator[Document]:
+    def _checked(self, reader: DocumentReader) -> Iterator[Document | BadDocument]:
+        """The input's records, a repeated id (compared as a string: what a vector store keys
+        by) turned into a bad document unless ``keep_duplicate_ids``: both passes over the
+        input (the scan and the encoding) see the same documents."""
+        first_line: dict[str, int] = {}
+        self.duplicates = 0
         for doc in reader:
+            if isinstance(doc, Document):
+                seen = first_line.setdefault(str(doc.id), doc.line)
+                if seen != doc.line:
+                    self.duplicates += 1
+                    if not self.options.keep_duplicate_ids:
+                        doc = BadDocument(
+                            doc.line, doc.id, "duplicate_id",
+                            f"id {doc.id!r} is the id of line {seen} too: ids must be unique "
+                            "(--keep-duplicate-ids embeds both)",
+                        )  # fmt: skip
+            yield doc
+
+    def _documents(self, reader: DocumentReader) -> Iterator[Document]:
+        for doc in self._checked(reader):
             if isinstance(doc, Document):
                 yield doc
 
@@ -267,6 +295,8 @@ class BulkJob:
             "completed": now_iso(),
             "runs": state["runs"],
         }
+        manifest["duplicate_ids"] = self.duplicates
+        manifest["checksums"] = state["files"] = self.out.checksums((VECTORS, IDS))
         self.out.write_manifest(manifest)
         state["complete"] = True
         self.out.save_state(state)

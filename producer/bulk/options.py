@@ -46,6 +46,10 @@ class BulkOptions:
     ``truncated.jsonl`` (True), or stop the job naming it (False, ``--no-truncate``)."""
     fail_fast: bool = False
     """Stop at the first bad document instead of listing it in the errors file."""
+    keep_duplicate_ids: bool = False
+    """A document whose id an earlier one has (``1`` and ``"1"`` are the same id to a vector
+    store): embed it anyway (True, counted in the manifest) or list it as a bad document with
+    code ``duplicate_id`` (False, the default): the first one wins."""
     overwrite: bool = False
     """Discard an earlier job's output in the directory instead of refusing or resuming."""
     queue: str = DEFAULT_QUEUE
@@ -69,6 +73,7 @@ class BulkOptions:
         "chunk_size",
         "max_chars",
         "truncate",
+        "keep_duplicate_ids",
     )
     """The options that decide the output's bytes: a resumed job must have the same."""
 

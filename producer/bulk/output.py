@@ -14,6 +14,7 @@ A lock file keeps two jobs from writing one directory at once.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -165,3 +166,33 @@ class OutputDir:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """The manifest, written last: its presence means the output is complete."""
         write_json_atomic(self.file(MANIFEST), manifest)
+
+    def checksums(self, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """Size and SHA-256 of each named file, recorded when the job completes."""
+        out = {}
+        for name in names:
+            digest = hashlib.sha256()
+            with open(self.file(name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[name] = {"bytes": self.file(name).stat().st_size, "sha256": digest.hexdigest()}
+        return out
+
+    def verify(self, recorded: dict[str, dict[str, Any]], rows: int, dim: int) -> None:
+        """``OutputError`` unless the output of a completed job is still whole: every file there,
+        the matrix of its shape and size, and each file's checksum recorded at completion
+        unchanged (outputs of embedq versions before the checksums get the shape check only)."""
+        for name in (VECTORS, IDS, *recorded):
+            if not self.file(name).exists():
+                raise OutputError(
+                    f"{self.file(name)} is gone since the job completed: the output is not complete; "
+                    "--overwrite embeds the input again"
+                )
+        VectorFile.open(self.file(VECTORS), rows, dim).close()  # shape and size, or OutputError
+        for name, want in recorded.items():
+            path = self.file(name)
+            if self.checksums((name,))[name] != want:
+                raise OutputError(
+                    f"{path} changed since the job completed ({path.stat().st_size} bytes, recorded "
+                    f"{want['bytes']}, sha256 {want['sha256'][:12]}...): --overwrite embeds the input again"
+                )

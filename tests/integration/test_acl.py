@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 QUEUE = "acl-embed:requests"
 KEYS = Keys(QUEUE)
-USERS = {"worker": "w-secret", "producer": "p-secret", "bulk": "b-secret"}
+USERS = {"worker": "w-secret", "producer": "p-secret", "bulk": "b-secret", "status": "s-secret"}
 FAKE = {
     "EMBED_ENCODER": "tests.support.fake_encoder:build",
     "EMBED_TEST_DIM": "8",
@@ -152,7 +152,11 @@ def test_a_producer_cannot_read_requests_forge_replies_or_touch_worker_keys(serv
         lambda: producer.flushall(),
         lambda: producer.get("other-app:secret"),
         lambda: producer.set(KEYS.cache_entry("fp", "query", "q"), b"poisoned vector"),  # poison the cache
-        lambda: producer.hset(KEYS.cache_stats, "hits", 1),
+        lambda: producer.hincrby(f"{KEYS.namespace}:cache:stats", "hits", 1000),  # fake a hit ratio
+        lambda: producer.scan(0),  # list keys, and so find others' reply keys
+        lambda: producer.randomkey(),
+        lambda: producer.client_kill_filter(_type="normal"),
+        lambda: producer.client_list(),
     ]
     for attempt in denied:
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -166,7 +170,72 @@ def test_a_producer_cannot_read_requests_forge_replies_or_touch_worker_keys(serv
     assert producer.llen(KEYS.queue) == 1
     assert producer.blpop([KEYS.reply(victim_id)], timeout=0.1) is None
     producer.delete(KEYS.reply(victim_id))
-    # and the query cache: look entries up, count hits
+    # and the query cache: look entries up
     admin.set(KEYS.cache_entry("fp", "query", "q"), b"entry")
     assert producer.mget([KEYS.cache_entry("fp", "query", "q")]) == [b"entry"]
-    assert producer.hincrby(KEYS.cache_stats, "hits", 1) == 1
+
+
+def test_a_bulk_user_cannot_list_keys_steal_replies_kill_connections_or_drop_scripts(
+    server: RedisServer,
+) -> None:
+    """The attacks a bulk user (RQ's broad rules on its own keys) made before: SCAN found another
+    producer's reply key and LPOP took the vector; CLIENT KILL dropped every user's connections."""
+    admin = server.client()
+    victim = redis.Redis.from_url(url(server, "producer"))
+    victim.ping()
+    admin.rpush(KEYS.reply("1" * 32), b"the victim's vectors")
+    admin.set("other-app:secret", b"x")
+    bulk = redis.Redis.from_url(url(server, "bulk"))
+    denied = [
+        lambda: bulk.scan(0),
+        lambda: bulk.scan(0, match=f"{KEYS.namespace}:reply:*"),
+        lambda: bulk.keys("*"),
+        lambda: bulk.randomkey(),
+        lambda: bulk.client_kill_filter(_type="normal"),
+        lambda: bulk.client_list(),
+        lambda: bulk.script_flush(),
+        lambda: bulk.execute_command("FUNCTION", "FLUSH"),
+        lambda: bulk.hincrby(f"{KEYS.namespace}:cache:stats", "hits", 1000),
+        lambda: bulk.set(KEYS.cache_entry("fp", "query", "q"), b"poisoned vector"),
+        lambda: bulk.lrange(KEYS.queue, 0, -1),
+        lambda: bulk.get("other-app:secret"),
+        lambda: bulk.flushall(),
+        lambda: bulk.config_get("*"),
+    ]
+    for attempt in denied:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    assert victim.ping()  # its connection survived
+    assert admin.lrange(KEYS.reply("1" * 32), 0, -1) == [b"the victim's vectors"]
+    # what RQ needs still works on its own keys
+    bulk.set("rq:probe", b"1")
+    assert bulk.get("rq:probe") == b"1"
+
+
+def test_the_status_role_reads_what_embedq_status_needs_and_writes_nothing(server: RedisServer) -> None:
+    worker = WorkerProcess(url(server, "worker"), QUEUE, FAKE)
+    try:
+        status = subprocess.run(
+            [sys.executable, "-m", "embedq.cli", "status", "--redis-url", url(server, "status"),
+             "--queue", QUEUE],
+            capture_output=True, text=True, cwd=ROOT, timeout=30,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "1 live worker(s)" in status.stdout, status.stdout
+        assert USERS["status"] not in status.stdout + status.stderr
+        reader = redis.Redis.from_url(url(server, "status"))
+        denied = [
+            lambda: reader.rpush(KEYS.queue, b"x"),
+            lambda: reader.lpop(KEYS.queue),
+            lambda: reader.lrange(KEYS.queue, 0, -1),  # the questions themselves are not status
+            lambda: reader.set(KEYS.heartbeat("w1"), b"fake"),
+            lambda: reader.delete(KEYS.workers),
+            lambda: reader.scan(0),
+            lambda: reader.evalsha("0" * 40, 0),
+            lambda: reader.client_kill_filter(_type="normal"),
+        ]
+        for attempt in denied:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                attempt()
+    finally:
+        assert worker.terminate() == 0, worker.log()

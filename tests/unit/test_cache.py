@@ -3,10 +3,16 @@ worker's writes and its refusal of a Redis that can only grow, and one encode pe
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import fakeredis
 import numpy as np
 import pytest
+import redis
 
+from embedq.breaker import Breaker
 from embedq.cache import CacheLookup, Hits, agreed_model, check_kinds
 from embedq.call import Call
 from embedq.protocol import CacheEntry, Heartbeat, Keys, Reply, unpack_reply
@@ -62,10 +68,9 @@ def test_a_lookup_spreads_hits_to_duplicates_and_counts_them() -> None:
     assert firsts == [0, 1] and len(keys) == 2
     hits = lookup.found(["a", "b", "a"], firsts, r.mget(keys))
     assert sorted(hits.vectors) == [0, 2] and hits.tokens == {0: 3, 2: 3}
-    assert lookup.stats() == {"hits": 2, "misses": 1, "hit_ratio": 0.6667, "errors": 0}
+    assert lookup.stats() == {"hits": 2, "misses": 1, "hit_ratio": 0.6667, "errors": 0, "skipped": 0}
     assert lookup.plan("passage", ["a"]) is None  # passages are not cached by default
-    lookup.flush()
-    assert r.hgetall(KEYS.cache_stats) == {b"hits": b"2", b"misses": b"1"}
+    assert r.keys(f"{KEYS.namespace}:cache:stats*") == []  # counts stay in the client
 
 
 def test_a_call_sends_only_the_misses_and_puts_every_row_back_in_place() -> None:
@@ -116,6 +121,7 @@ def test_the_writer_stores_cached_kinds_only_with_an_expiry() -> None:
         Cacheable("passage", "p", fake_vector("passage", "p"), 4),
     ]
     assert writer.store(items) == 1
+    assert writer.drain()
     key = KEYS.cache_entry("fp", "query", "q")
     assert 0 < r.pttl(key) <= 60_000
     assert CacheEntry.unpack(r.get(key), 8).tokens == 3
@@ -140,9 +146,72 @@ def test_a_batch_encodes_each_distinct_text_once_and_caches_whole_texts() -> Non
     r.rpush(KEYS.queue, a.pack(), b.pack())
     while worker.serve_once(block=0.01):
         pass
+    assert writer.drain()
     assert encoder.calls == [2]  # four texts, two distinct
     reply = unpack_reply(r.lpop(KEYS.reply(a.id)))
     assert reply.vectors is not None
     assert np.array_equal(reply.vectors[0], reply.vectors[1])
     assert np.array_equal(reply.vectors[0], fake_vector("query", "same"))
     assert r.exists(KEYS.cache_entry("fp", "query", "same"), KEYS.cache_entry("fp", "query", "other")) == 2
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_tries_again_after_a_doubling_pause() -> None:
+    now = [0.0]
+    breaker = Breaker(after=3, pause_s=2.0, max_pause_s=5.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failure()
+    assert breaker.closed()
+    breaker.failure()
+    assert not breaker.closed() and breaker.opened == 1
+    now[0] = 2.0
+    assert breaker.closed()  # one trial
+    breaker.failure()  # it failed: a longer pause at once
+    assert not breaker.closed()
+    now[0] = 5.9
+    assert not breaker.closed()
+    now[0] = 6.0
+    assert breaker.closed()
+    breaker.success()
+    breaker.failure()
+    assert breaker.closed() and breaker.pause == 2.0
+
+
+def test_a_lookup_on_a_failing_cache_gives_no_hits_and_stops_trying_for_a_while() -> None:
+    class Down:
+        calls = 0
+
+        def mget(self, keys: list[str]) -> list[bytes | None]:
+            Down.calls += 1
+            raise redis.exceptions.ConnectionError("down")
+
+    queue = fakeredis.FakeRedis()
+    queue.sadd(KEYS.workers, "w1")
+    queue.set(KEYS.heartbeat("w1"), beat("fp"))
+    lookup = CacheLookup(Down(), KEYS)
+    for _ in range(10):
+        assert len(lookup.lookup("query", ["q"], queue)) == 0
+    assert Down.calls == 3 and lookup.stats()["errors"] == 3 and lookup.stats()["skipped"] == 7
+
+
+def test_the_writer_never_blocks_the_batch_thread_on_a_stalled_cache() -> None:
+    release = threading.Event()
+
+    class Stalled:
+        def pipeline(self, transaction: bool = False) -> Any:
+            return self
+
+        def set(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def execute(self) -> None:
+            release.wait(10)
+
+    writer = CacheWriter(Stalled(), KEYS, "fp", kinds=("query",), ttl_s=60)  # type: ignore[arg-type]
+    item = [Cacheable("query", "q", fake_vector("query", "q"), 3)]
+    started = time.perf_counter()
+    handed = sum(writer.store(item) for _ in range(200))
+    assert time.perf_counter() - started < 0.5
+    assert handed < 200 and writer.stats()["dropped"] == 200 - handed  # a full queue drops, never waits
+    release.set()
+    assert writer.drain()
+    writer.close()
