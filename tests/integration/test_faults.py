@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -326,3 +329,39 @@ def test_fuzzed_queue_does_not_hurt_valid_requests(
     assert r.llen(keys.dead) <= 1000
     wait_until(lambda: r.llen(keys.queue) == 0, 30, "the junk to be drained")
     assert leftovers(r, keys) == {}
+
+
+def test_liveness_follows_the_workers_own_loop_not_redis(tmp_path: Path) -> None:
+    """Issue 21, finding 6: the liveness probe ran `embedq-worker health`, which needs Redis, so a
+    Redis outage past the probe's window restarted every worker at once. `health --live` reads
+    the file the loop touches: a Redis outage keeps it fresh, a stopped loop lets it age."""
+    server = RedisServer()
+    alive = tmp_path / "alive"
+    worker = WorkerProcess(
+        server.url, "live:requests",
+        {"EMBED_ENCODER": "tests.support.fake_encoder:build", "EMBED_ALIVE_FILE": str(alive)},
+    )  # fmt: skip
+
+    def health(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "embedq.worker", "health", "--redis-url", server.url, "--queue",
+             "live:requests", "--alive-file", str(alive), *args],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    try:
+        assert health("--live").returncode == 0
+        server.kill()  # Redis gone: readiness fails, liveness does not
+        time.sleep(4)
+        ready = health("--any")
+        assert ready.returncode == 1 and "cannot read heartbeats" in ready.stdout
+        live = health("--live", "--max-age", "3")
+        assert live.returncode == 0, live.stdout
+        worker.proc.send_signal(signal.SIGSTOP)  # a loop that hangs
+        time.sleep(4)
+        stuck = health("--live", "--max-age", "3")
+        assert stuck.returncode == 1 and "last turned" in stuck.stdout
+        worker.proc.send_signal(signal.SIGCONT)
+    finally:
+        worker.kill()
+        server.stop()
