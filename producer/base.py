@@ -15,6 +15,7 @@ from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
 from .clock import RedisClock
 from .connection import cache_options, producer_options
 from .protocol import DEFAULT_QUEUE, Keys
+from .topology import CLUSTER_UNSUPPORTED, client_from_url
 
 DEFAULT_TIMEOUT = defaults.TIMEOUT_S
 DEFAULT_MAX_BATCH = defaults.MAX_BATCH
@@ -105,6 +106,8 @@ class ClientBase:
                 f"{type(self).__name__} takes a redis-py client; for a URL use "
                 f"{type(self).__name__}.from_url({client!r})"
             )
+        if isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster)):
+            raise TypeError(CLUSTER_UNSUPPORTED)
         if not hasattr(client, "register_script"):
             raise TypeError(f"{type(self).__name__} takes a redis-py client, got {type(client).__name__}")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -150,9 +153,11 @@ class ClientBase:
         options = {**connection_options(check_timeout(timeout)), **redis_options}
         cache = None
         if cache_url:
-            cache = cls.redis_class.from_url(cache_url, **cache_options())
+            cache = client_from_url(
+                cache_url, asyncio=cls.redis_class is redis.asyncio.Redis, **cache_options()
+            )
         return cls(
-            cls.redis_class.from_url(url, **options),
+            client_from_url(url, asyncio=cls.redis_class is redis.asyncio.Redis, **options),
             queue=queue,
             timeout=timeout,
             max_batch=max_batch,

@@ -31,6 +31,7 @@ from .errors import (
 )
 from .flow import FlowControl
 from .protocol import KINDS, WAKE_TOKENS_MAX, Keys, Reply, Request, shorten, unpack_reply
+from .topology import CLUSTER_UNSUPPORTED, clustered
 
 MIN_WAIT = 0.001
 """Below this many seconds left a call counts as timed out (BLPOP's 0 would mean 'forever')."""
@@ -395,4 +396,6 @@ def redis_errors(where: str) -> Iterator[None]:
             f"cannot talk to Redis at {where}: {exc}. Is redis-server running and REDIS_URL right?"
         ) from exc
     except redis.exceptions.RedisError as exc:
+        if clustered(exc):
+            raise EmbedqError(f"Redis at {where}: {CLUSTER_UNSUPPORTED}") from exc
         raise EmbedqError(f"Redis at {where} refused a command: {shorten(str(exc))}") from exc

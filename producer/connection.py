@@ -1,4 +1,5 @@
-"""The one place that builds Redis clients, and the one reconnect backoff.
+"""The one place that builds Redis clients, and the one reconnect backoff (every URL form of
+``embedq.topology``: plain, TLS, Sentinel).
 
 Every client embedq makes (producers, workers, the heartbeat thread, the cache, ``status``, the
 bulk job and its RQ worker) comes from ``connect`` with the timeouts of its role, so a dropped
@@ -15,6 +16,8 @@ import redis.asyncio
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError
 from redis.retry import Retry
+
+from .topology import client_from_url
 
 SOCKET_GRACE = 1.0
 """Socket timeout beyond a producer call's timeout: a blocking pop ends by itself first (Redis
@@ -63,8 +66,7 @@ def connect(
         "health_check_interval": 30,
         "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
     }
-    cls = redis.asyncio.Redis if asyncio else redis.Redis
-    return cls.from_url(url, **{**base, **options})
+    return client_from_url(url, asyncio=asyncio, **{**base, **options})
 
 
 def producer_options(timeout: float) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import redis
 
 from embedq.connection import Backoff
 from embedq.protocol import shorten
+from embedq.topology import CLUSTER_UNSUPPORTED, clustered
 
 log = logging.getLogger("embedq.worker")
 
@@ -36,7 +37,10 @@ ADVICE = {
         "the worker's Redis user lacks a permission it needs: give it the rules of "
         "`embedq acl --role worker` (embedq-worker keeps retrying)"
     ),
-    "READONLY": "REDIS_URL points at a read-only replica: point it at the primary",
+    "READONLY": (
+        "REDIS_URL points at a read-only replica (or the primary was just demoted: the worker "
+        "reconnects): point it at the primary, or use a Sentinel URL (redis+sentinel://...)"
+    ),
     "LOADING": "Redis is loading its dataset after a restart: waiting until it is done",
     "MISCONF": "Redis cannot save to disk and refuses writes (MISCONF): fix its disk or its save settings",
     "BUSY": "a script runs too long inside Redis (BUSY): waiting for it to end",
@@ -46,6 +50,7 @@ ADVICE = {
         "delete that key"
     ),
     "NOSCRIPT": "Redis lost its scripts (a restart or SCRIPT FLUSH): loading them again",
+    "CLUSTER": CLUSTER_UNSUPPORTED,
 }
 
 
@@ -64,6 +69,8 @@ def classify(exc: BaseException) -> str:
         return "OOM"
     if isinstance(exc, redis.exceptions.NoScriptError):
         return "NOSCRIPT"
+    if clustered(exc):
+        return "CLUSTER"
     text = str(exc)
     if "NOPERM" in text or "can't run this command" in text or "no permissions" in text:
         return "NOPERM"

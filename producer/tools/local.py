@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from embedq.protocol import Keys
+from embedq.topology import client_from_url
 from embedq.workers import live_workers
 
 
@@ -144,7 +145,7 @@ class WorkerProcess:
             self._wait_ready(full_env["REDIS_URL"], start_timeout)
 
     def _wait_ready(self, redis_url: str, timeout: float) -> None:
-        client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        client = client_from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         deadline = time.monotonic() + timeout
         try:
             while not (worker_id := self._own_heartbeat(client)):

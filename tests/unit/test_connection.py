@@ -28,3 +28,16 @@ def test_a_producer_waits_past_its_timeout_only_by_the_grace() -> None:
     options = producer_options(5.0)
     assert options["socket_timeout"] == 5.0 + SOCKET_GRACE
     assert options["max_connections"] == MAX_CONNECTIONS
+
+
+def test_a_demoted_primarys_answers_drop_the_connection_so_the_retry_reconnects() -> None:
+    from embedq.topology import FollowsPrimary, client_from_url, demoted
+
+    assert demoted(redis.exceptions.ReadOnlyError("You can't write against a read only replica."))
+    assert demoted(redis.exceptions.ResponseError("UNBLOCKED force unblock from blocking operation"))
+    assert not demoted(redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
+    client = client_from_url("redis://127.0.0.1:1/0")
+    assert client.connection_pool.connection_class is FollowsPrimary
+    tls = client_from_url("rediss://127.0.0.1:1/0?ssl_ca_certs=/x.pem")
+    assert issubclass(tls.connection_pool.connection_class, redis.SSLConnection)
+    assert tls.connection_pool.connection_kwargs["ssl_ca_certs"] == "/x.pem"

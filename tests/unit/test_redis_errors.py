@@ -22,6 +22,8 @@ from embedq.worker.redis_errors import BACKOFF_MAX_S, BACKOFF_START_S, RedisGuar
         (redis.exceptions.ResponseError("WRONGTYPE Operation against a key"), "WRONGTYPE"),
         (redis.exceptions.ResponseError("MISCONF Redis is configured to save"), "MISCONF"),
         (redis.exceptions.ResponseError("ERR something new"), "ERR"),
+        (redis.exceptions.MovedError("3999 127.0.0.1:6381"), "CLUSTER"),
+        (redis.exceptions.ClusterCrossSlotError("Keys in request don't hash to the same slot"), "CLUSTER"),
         (ValueError("not Redis"), "ValueError"),
     ],
 )

@@ -1,0 +1,230 @@
+"""embedq on the Redis that production uses (issue 22), with real servers: TLS with a private CA
+(producer, asyncio producer, worker, status, serve, bulk), a Sentinel-managed primary killed
+under 10 producers, a failover that is not announced (the primary demoted, its address moved),
+and a clear refusal of Redis Cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from embedq import AsyncEmbeddingClient, EmbeddingClient, EmbedqError
+from embedq.api import ApiSettings, create_app
+from embedq.topology import SentinelUrl
+from tests.support.fake_encoder import fake_vector
+from tests.support.servers import ROOT, WorkerProcess, wait_until
+from tests.support.topologies import MovableProxy, SentinelSet, TlsServer, start_server
+
+pytestmark = pytest.mark.slow
+
+FAKE = {
+    "EMBED_ENCODER": "tests.support.fake_encoder:build",
+    "EMBED_TEST_DIM": "8",
+    "EMBED_HEARTBEAT_TTL": "2",
+}
+QUEUE = "topo:requests"
+
+
+def embedq(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "embedq.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+@pytest.fixture
+def tls() -> Iterator[TlsServer]:
+    server = TlsServer()
+    yield server
+    server.stop()
+
+
+async def test_every_client_works_over_tls_with_a_private_ca(tls: TlsServer, tmp_path: Path) -> None:
+    worker = WorkerProcess(tls.url, QUEUE, FAKE)
+    try:
+        with EmbeddingClient.from_url(tls.url, queue=QUEUE) as client:
+            np.testing.assert_allclose(client.embed(["안녕"]), [fake_vector("query", "안녕")], rtol=1e-6)
+        async with AsyncEmbeddingClient.from_url(tls.url, queue=QUEUE) as aclient:
+            assert (await aclient.embed(["비동기"])).shape == (1, 8)
+        status = embedq("status", "--redis-url", tls.url, "--queue", QUEUE)
+        assert status.returncode == 0 and "1 live worker(s)" in status.stdout, status.stderr
+        with TestClient(create_app(ApiSettings(redis_url=tls.url, queue=QUEUE))) as api:
+            assert api.post("/embed", json={"texts": ["http"]}).json()["dim"] == 8
+        docs = tmp_path / "docs.jsonl"
+        docs.write_text("".join(json.dumps({"id": i, "text": f"문서 {i}"}) + "\n" for i in range(20)))
+        out = str(tmp_path / "out")
+        bulk = embedq("bulk", "run", str(docs), out, "--redis-url", tls.url, "--queue", QUEUE, "--quiet")
+        assert bulk.returncode == 0, bulk.stderr
+        assert np.load(tmp_path / "out" / "vectors.npy").shape == (20, 8)
+        # without the CA, the server's certificate is refused: no silent plaintext, no unverified TLS
+        untrusted = tls.url.split("?")[0]
+        with pytest.raises(EmbedqError, match="certificate verify failed"):
+            EmbeddingClient.from_url(untrusted, queue=QUEUE, timeout=2).embed(["x"])
+    finally:
+        assert worker.terminate() == 0, worker.log()
+
+
+def test_sentinel_urls_parse_and_say_what_is_wrong() -> None:
+    spec = SentinelUrl.parse(
+        "rediss+sentinel://app:p%40ss@s1:26379,[::1]:26380/embedq/2?sentinel_password=sp"
+    )
+    assert spec.sentinels == (("s1", 26379), ("::1", 26380)) and spec.service == "embedq" and spec.db == 2
+    assert (spec.username, spec.password, spec.sentinel_password, spec.tls) == ("app", "p@ss", "sp", True)
+    for bad, why in [
+        ("redis+sentinel://s1:26379", "names the service"),
+        ("redis+sentinel://s1/embedq", "is not host:port"),
+        ("redis+sentinel://s1:26379/embedq?sentinal_password=x", "unknown Sentinel URL parameter"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            SentinelUrl.parse(bad)
+
+
+def call_continuously(url: str, stop: threading.Event, results: list[tuple[str, float]], n: int) -> None:
+    """One producer: lone questions until ``stop``, each recorded as ("ok"|error, seconds)."""
+    client = EmbeddingClient.from_url(url, queue=QUEUE, timeout=5)
+    i = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        text = f"producer {n} question {i}"
+        try:
+            got = client.embed([text])
+            ok = np.allclose(got[0], fake_vector("query", text), rtol=1e-6)
+            results.append(("ok" if ok else "WRONG VECTOR", time.monotonic() - started))
+        except EmbedqError as exc:
+            results.append((type(exc).__name__, time.monotonic() - started))
+        i += 1
+        time.sleep(0.02)
+
+
+def run_producers(url: str, during: float, event: object) -> list[tuple[str, float]]:
+    stop = threading.Event()
+    results: list[tuple[str, float]] = []
+    threads = [threading.Thread(target=call_continuously, args=(url, stop, results, n)) for n in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    event()  # type: ignore[operator]
+    time.sleep(during)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def summarize(results: list[tuple[str, float]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for outcome, _ in results:
+        out[outcome] = out.get(outcome, 0) + 1
+    return out
+
+
+def test_a_sentinel_primary_killed_under_10_producers_fails_over_by_itself() -> None:
+    cluster = SentinelSet()
+    worker = WorkerProcess(cluster.url, QUEUE, FAKE)
+    try:
+        old = cluster.primary_port()
+        results = run_producers(cluster.url, 12.0, cluster.kill_primary)
+        assert cluster.primary_port() != old  # the Sentinel promoted the replica
+        counts = summarize(results)
+        print(f"\nSentinel failover under 10 producers: {counts}, slowest {max(s for _, s in results):.1f} s")
+        assert "WRONG VECTOR" not in counts
+        assert max(seconds for _, seconds in results) < 5 + 1.5  # an answer or an error within the timeout
+        late = [o for o, _ in results[-50:]]
+        assert late.count("ok") == len(late), late  # after the failover, everything is answered again
+        assert worker.alive
+    finally:
+        worker.kill()
+        cluster.stop()
+
+
+def test_a_demoted_primary_behind_a_moved_address_is_left_for_the_new_one() -> None:
+    """What managed Redis does: promote the replica, demote the primary, move the DNS name. Before,
+    the blocked call got UNBLOCKED, then every call failed READONLY and the worker stayed."""
+    a_port, b_port = 0, 0
+    a = start_server("--port", str(a_port := _free()), port=a_port)
+    b = start_server("--port", str(b_port := _free()), "--replicaof", "127.0.0.1", str(a_port), port=b_port)
+    wait_until(lambda: redis.Redis(port=b_port).info("replication")["master_link_status"] == "up", 10, "sync")
+    proxy = MovableProxy(a_port)
+    worker = WorkerProcess(proxy.url, QUEUE, FAKE)
+
+    def fail_over() -> None:
+        redis.Redis(port=b_port).replicaof("NO", "ONE")
+        redis.Redis(port=a_port).replicaof("127.0.0.1", b_port)
+        proxy.move(b_port)
+
+    try:
+        results = run_producers(proxy.url, 8.0, fail_over)
+        counts = summarize(results)
+        print(f"\nunannounced failover under 10 producers: {counts}")
+        assert "WRONG VECTOR" not in counts
+        late = [o for o, _ in results[-50:]]
+        assert late.count("ok") == len(late), late
+        assert "READONLY" in worker.log() or "demoted" in worker.log()
+        assert redis.Redis(port=b_port).llen(QUEUE) == 0  # the worker serves the new primary
+    finally:
+        worker.kill()
+        proxy.close()
+        for p in (a, b):
+            p.kill()
+            p.wait(10)
+
+
+def _free() -> int:
+    from embedq.tools.local import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def cluster_ports() -> Iterator[list[int]]:
+    """A real 3-master Redis Cluster on loopback."""
+    from embedq.tools.local import free_port
+
+    ports: list[int] = []
+    while len(ports) < 3:  # the cluster bus listens on port + 10000
+        if (port := free_port()) < 55000 and port not in ports:
+            ports.append(port)
+    tmp = Path(tempfile.mkdtemp(prefix="embedq-cluster-"))
+    procs = []
+    for p in ports:
+        config = ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp / f"nodes-{p}.conf")]
+        procs.append(start_server("--port", str(p), *config, "--dir", str(tmp), port=p))
+    try:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        wait_until(
+            lambda: redis.Redis(port=ports[0]).cluster("info")["cluster_state"] == "ok", 20, "cluster ok"
+        )
+        yield ports
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_redis_cluster_is_refused_with_a_clear_message(cluster_ports: list[int]) -> None:
+    """Not supported yet (issue 22's hash-tagged keys): every client says so plainly instead of
+    CROSSSLOT, an AttributeError, or a worker retrying forever with "unexpected"."""
+    with pytest.raises(TypeError, match="cluster mode"):
+        EmbeddingClient(redis.RedisCluster(host="127.0.0.1", port=cluster_ports[0]))
+    url = f"redis://127.0.0.1:{cluster_ports[0]}/0"
+    with pytest.raises(EmbedqError, match="cluster mode"):
+        EmbeddingClient.from_url(url, queue=QUEUE, timeout=2).embed(["x"])
+    worker = WorkerProcess(url, QUEUE, FAKE, wait_ready=False)
+    try:
+        wait_until(lambda: "cluster mode" in worker.log(), 30, "the worker to name the problem")
+        assert "unexpected error" not in worker.log()
+    finally:
+        worker.kill()
