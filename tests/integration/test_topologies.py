@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 
 from embedq import AsyncEmbeddingClient, EmbeddingClient, EmbedqError
 from embedq.api import ApiSettings, create_app
+from embedq.tools.topologies import MovableProxy, SentinelSet, TlsServer, start_server
 from embedq.topology import SentinelUrl
 from tests.support.fake_encoder import fake_vector
 from tests.support.servers import ROOT, WorkerProcess, wait_until
-from tests.support.topologies import MovableProxy, SentinelSet, TlsServer, start_server
 
 pytestmark = pytest.mark.slow
 

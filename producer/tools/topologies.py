@@ -1,6 +1,6 @@
-"""Redis topologies on one machine, for the tests: a TLS-only server with a throwaway CA, a
-primary with a replica and a Sentinel, and a TCP proxy whose target can be moved (what a managed
-Redis does to its DNS name on failover)."""
+"""Redis topologies on one machine, for tests and benchmarks: a TLS-only server with a throwaway
+CA (trustme, a dev dependency), a primary with a replica and a Sentinel, and a TCP proxy whose
+target can be moved (what a managed Redis does to its DNS name on failover)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -117,8 +118,8 @@ class SentinelSet:
         return sum(1 for r in replicas if "s_down" not in r.get("flags", ""))
 
     def primary_port(self) -> int:
-        _host, port = redis.Redis(port=self.sentinel_port).sentinel_get_master_addr_by_name(self.service)
-        return int(port)
+        address: Any = redis.Redis(port=self.sentinel_port).sentinel_get_master_addr_by_name(self.service)
+        return int(address[1])
 
     def kill_primary(self) -> int:
         """SIGKILL the current primary; its port."""
