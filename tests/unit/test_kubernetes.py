@@ -289,3 +289,22 @@ def test_the_aclfile_is_what_embedq_acl_prints() -> None:
         user, password = secret[f"{who}-username"], secret[f"{who}-password"]
         line = next(ln for ln in lines if ln.startswith(f"user {user} "))
         assert line == AclRules(role).aclfile_line(user, password), f"{user}: regenerate with embedq acl"
+
+
+def test_the_sentinel_variant_of_keda_validates_and_matches_the_default() -> None:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "variants" / "keda-sentinel.yaml").read_text()) if d]
+    auth = next(d for d in docs if d["kind"] == "TriggerAuthentication")
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    jsonschema.validate(auth, TRIGGER_AUTHENTICATION)
+    jsonschema.validate(scaled, SCALED_OBJECT)
+    params = {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]}
+    assert {"addresses", "sentinelMaster", "username", "password"} <= params
+    default = by_kind("ScaledObject")
+    lists = [t["metadata"]["listName"] for t in scaled["spec"]["triggers"]]
+    assert lists == [t["metadata"]["listName"] for t in default["spec"]["triggers"]]
+    assert all(t["type"] == "redis-sentinel" for t in scaled["spec"]["triggers"])
+    # the pods' URL, built from the Secret, is a Sentinel URL embedq reads
+    from embedq.topology import SentinelUrl
+
+    url = "redis+sentinel://embedq-worker:pw@s1:26379,s2:26379,s3:26379/embedq/0"
+    assert SentinelUrl.parse(url).service == "embedq"
