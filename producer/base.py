@@ -11,11 +11,11 @@ import redis
 
 from . import defaults
 from .cache import DEFAULT_KINDS, CacheLookup, check_kinds
-from .call import ENQUEUE_SCRIPT, Call, check_timeout, describe, push_slices
+from .call import ENQUEUE_SCRIPT, Call, check_timeout, push_slices
 from .clock import RedisClock
 from .connection import cache_options, producer_options
 from .protocol import DEFAULT_QUEUE, Keys
-from .topology import CLUSTER_UNSUPPORTED, client_from_url
+from .topology import CLUSTER_NEEDS_TAG, client_from_url, where
 
 DEFAULT_TIMEOUT = defaults.TIMEOUT_S
 DEFAULT_MAX_BATCH = defaults.MAX_BATCH
@@ -106,8 +106,8 @@ class ClientBase:
                 f"{type(self).__name__} takes a redis-py client; for a URL use "
                 f"{type(self).__name__}.from_url({client!r})"
             )
-        if isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster)):
-            raise TypeError(CLUSTER_UNSUPPORTED)
+        if isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster)) and not Keys(queue).slotted:
+            raise TypeError(CLUSTER_NEEDS_TAG.format(queue=queue))
         if not hasattr(client, "register_script"):
             raise TypeError(f"{type(self).__name__} takes a redis-py client, got {type(client).__name__}")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -121,7 +121,7 @@ class ClientBase:
         self.max_queue = max_queue
         self.clock = RedisClock()
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
-        self._where = describe(client.connection_pool.connection_kwargs)
+        self._where = where(client)
         kinds = check_kinds(cache_kinds)  # a typo is an error now, with or without a cache
         self.cache = None if cache is None else CacheLookup(cache, self.keys, kinds=kinds)
         """The query cache's reader (``cache_url``), or None: every text goes through the queue."""

@@ -376,16 +376,6 @@ class Call:
         return out
 
 
-def describe(connection_kwargs: dict[str, object]) -> str:
-    """Where a client connects, for error messages (never includes a password)."""
-    if "path" in connection_kwargs:
-        return f"unix:{connection_kwargs['path']}"
-    host = connection_kwargs.get("host", "localhost")
-    port = connection_kwargs.get("port", 6379)
-    db = connection_kwargs.get("db", 0)
-    return f"redis://{host}:{port}/{db}"
-
-
 @contextlib.contextmanager
 def redis_errors(where: str) -> Iterator[None]:
     """Turn redis-py exceptions into embedq ones that say which Redis failed."""

@@ -109,6 +109,13 @@ class Keys:
         return self.queue.removesuffix(":requests")
 
     @property
+    def slotted(self) -> bool:
+        """True when the namespace is a Redis Cluster hash tag (``{embed}``): every key of the
+        deployment then hashes to one slot, so its scripts and multi-key commands run on a cluster."""
+        ns = self.namespace
+        return ns.startswith("{") and ns.endswith("}") and len(ns) > 2 and "}" not in ns[1:-1]
+
+    @property
     def reply_prefix(self) -> str:
         """Prefix of the per-request reply lists."""
         return f"{self.namespace}:reply:"

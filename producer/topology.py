@@ -30,16 +30,22 @@ import redis.sentinel
 from redis.exceptions import ConnectionError, ResponseError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_TIMEOUT_S = 2.0
 """Connect and socket timeout of the connections to the sentinels themselves."""
 
 
 CLUSTER_UNSUPPORTED = (
-    "this Redis is in cluster mode, which embedq does not run on yet (every key of a deployment "
-    "would have to share one hash slot): use a standalone primary, or a Sentinel-managed one "
-    "(redis+sentinel://host:26379/service), or a managed Redis with cluster mode off"
+    "this Redis is in cluster mode: use a redis+cluster:// (rediss+cluster://) URL and a queue "
+    "named with a hash tag, EMBED_QUEUE={embed}:requests, so that every key of the deployment is "
+    "in one hash slot"
 )
-"""What a client or worker says when it meets Redis Cluster (MOVED, ASK, CROSSSLOT)."""
+"""What a client or worker says when it meets Redis Cluster through a plain URL or with a queue
+name that is not a hash tag (MOVED, ASK, CROSSSLOT)."""
+CLUSTER_NEEDS_TAG = (
+    "on Redis Cluster the queue must be named with a hash tag, e.g. '{{embed}}:requests' (not "
+    "{queue!r}), so that every key of the deployment is in one hash slot"
+)
 
 
 def clustered(exc: BaseException) -> bool:
@@ -153,6 +159,11 @@ class SentinelUrl:
         )
 
 
+def is_cluster(url: str) -> bool:
+    """True for a ``redis+cluster://`` or ``rediss+cluster://`` URL."""
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
 def is_sentinel(url: str) -> bool:
     """True for a ``redis+sentinel://`` or ``rediss+sentinel://`` URL."""
     return url.partition("://")[0] in SENTINEL_SCHEMES
@@ -161,6 +172,12 @@ def is_sentinel(url: str) -> bool:
 def client_from_url(url: str, *, asyncio: bool = False, **options: Any) -> Any:
     """A redis-py client (sync, or asyncio) for any URL form above, on its own pool, whose
     connections follow the primary; ``options`` are redis-py client options."""
+    if is_cluster(url):
+        plain = url.replace("+cluster://", "://", 1)
+        options.pop("connection_class", None)
+        if asyncio:
+            return redis.asyncio.RedisCluster.from_url(plain, **options)
+        return redis.RedisCluster.from_url(plain, **options)
     if is_sentinel(url):
         spec = SentinelUrl.parse(url)
         sentinel_kwargs = {
@@ -187,3 +204,20 @@ def client_from_url(url: str, *, asyncio: bool = False, **options: Any) -> Any:
     if asyncio:
         return redis.asyncio.Redis.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
+
+
+def where(client: Any) -> str:
+    """Where ``client`` connects, for error messages, never with a password: a cluster's first
+    node, a Sentinel service, or the server's address."""
+    if isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster)):
+        nodes = client.get_nodes()
+        first = f"{nodes[0].host}:{nodes[0].port}" if nodes else "?"
+        return f"redis+cluster://{first} ({len(nodes)} nodes)"
+    pool = client.connection_pool
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return f"the Sentinel-managed primary {service!r}"
+    kwargs = pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"

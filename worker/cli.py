@@ -20,6 +20,7 @@ import redis
 
 from embedq import connection
 from embedq.extras import MissingExtra, require
+from embedq.topology import CLUSTER_NEEDS_TAG, is_cluster
 
 from .encoder import Encoder
 from .liveness import MAX_AGE_S, check_alive
@@ -137,6 +138,8 @@ def run(settings: Settings) -> int:
     from .cache import CacheWriter
     from .loop import IDLE_BLOCK_S, Worker
 
+    if is_cluster(settings.redis_url) and not settings.keys.slotted:
+        raise SettingsError(CLUSTER_NEEDS_TAG.format(queue=settings.queue))
     encoder = build_encoder(settings)
     client = connect(settings, socket_timeout=IDLE_BLOCK_S + 5.0)
     join_queue(client, settings, encoder)

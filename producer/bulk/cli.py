@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,10 +15,18 @@ import redis
 from ..connection import connect
 from ..defaults import setting
 from ..extras import MissingExtra, require
+from ..topology import is_cluster
 from .job import run_bulk
 from .options import RQ_QUEUE, BulkError, BulkOptions, Progress
 from .output import OutputError
 from .reader import BulkInputError
+from .rq_entry import JOB_REDIS_ENV
+
+RQ_ON_CLUSTER = (
+    "RQ does not run on Redis Cluster (its keys span hash slots): give RQ a small standalone Redis "
+    "(--redis-url) and the RQ worker the workers' cluster (embedq bulk worker --workers-redis-url "
+    "redis+cluster://...); `embedq bulk run` (no RQ) runs on the cluster directly"
+)
 
 DEFAULTS = BulkOptions()
 
@@ -136,6 +145,11 @@ def add_parser(sub: Any) -> None:
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument("--name", help="the RQ worker's name (default: RQ's)")
     worker.add_argument("--worker-ttl", type=int, help="seconds before RQ deems a silent worker dead")
+    worker.add_argument(
+        "--workers-redis-url",
+        help="Redis of the embedq workers when it is not RQ's: a Redis Cluster (redis+cluster://), on "
+        "which RQ cannot run, with RQ on a small standalone Redis (--redis-url)",
+    )
 
     run = cmds.add_parser("run", help="run a bulk job here, in the foreground, with a progress bar")
     _job_args(run)
@@ -154,6 +168,9 @@ def run_command(ns: argparse.Namespace) -> int:
     except MissingExtra as exc:
         print(f"embedq: {exc}", file=sys.stderr)
         return 2
+    if ns.bulk_command != "run" and is_cluster(ns.redis_url):
+        print(f"embedq bulk: {RQ_ON_CLUSTER}", file=sys.stderr)
+        return 2
     client = connect(ns.redis_url, socket_timeout=None)  # RQ's blocking waits set their own bounds
     try:
         if ns.bulk_command == "run":
@@ -161,6 +178,8 @@ def run_command(ns: argparse.Namespace) -> int:
         if ns.bulk_command == "worker":
             from .rq_worker import bulk_worker
 
+            # the jobs (forked) send their requests there, connecting as this worker does (any topology)
+            os.environ[JOB_REDIS_ENV] = ns.workers_redis_url or ns.redis_url
             worker = bulk_worker(client, ns.rq_queue or [RQ_QUEUE], name=ns.name, worker_ttl=ns.worker_ttl)
             worker.work(burst=ns.burst)
             return 0
@@ -228,7 +247,8 @@ def _run(ns: argparse.Namespace, client: redis.Redis) -> int:
         bar.refresh()
 
     try:
-        summary = run_bulk(ns.input, ns.output, options_from(ns), job_redis(client), on_progress=show)
+        requests = job_redis(client, ns.redis_url)
+        summary = run_bulk(ns.input, ns.output, options_from(ns), requests, on_progress=show)
     finally:
         if bar is not None:
             bar.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import redis
@@ -11,10 +12,15 @@ from ..connection import connect
 from .job import run_bulk
 from .options import BLOCK_S, BulkError, BulkOptions, Progress
 
+JOB_REDIS_ENV = "EMBEDQ_JOB_REDIS_URL"
+"""Set by ``embedq bulk worker`` to its own Redis URL: its jobs connect as it did (TLS, Sentinel)."""
+
 
 def job_redis(connection: redis.Redis, url: str | None = None) -> redis.Redis:
-    """A client for the job's requests: on ``url`` if given, else on the RQ connection's Redis,
-    with a socket timeout longer than the job's blocking waits (RQ's may have none or less)."""
+    """A client for the job's requests: on ``url`` if given, else on the RQ worker's own Redis
+    (its URL, or its connection's settings), with a socket timeout longer than the job's blocking
+    waits (RQ's may have none or less)."""
+    url = url or os.environ.get(JOB_REDIS_ENV)
     if url:
         client: redis.Redis = connect(url, socket_timeout=BLOCK_S + 5)
         return client

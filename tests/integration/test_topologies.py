@@ -1,11 +1,12 @@
 """embedq on the Redis that production uses (issue 22), with real servers: TLS with a private CA
 (producer, asyncio producer, worker, status, serve, bulk), a Sentinel-managed primary killed
 under 10 producers, a failover that is not announced (the primary demoted, its address moved),
-and a clear refusal of Redis Cluster."""
+and a real 3-master Redis Cluster (the core on a hash-tagged queue; clear refusals otherwise)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -214,15 +215,70 @@ def cluster_ports() -> Iterator[list[int]]:
             proc.wait(10)
 
 
-def test_redis_cluster_is_refused_with_a_clear_message(cluster_ports: list[int]) -> None:
-    """Not supported yet (issue 22's hash-tagged keys): every client says so plainly instead of
-    CROSSSLOT, an AttributeError, or a worker retrying forever with "unexpected"."""
-    with pytest.raises(TypeError, match="cluster mode"):
-        EmbeddingClient(redis.RedisCluster(host="127.0.0.1", port=cluster_ports[0]))
-    url = f"redis://127.0.0.1:{cluster_ports[0]}/0"
-    with pytest.raises(EmbedqError, match="cluster mode"):
-        EmbeddingClient.from_url(url, queue=QUEUE, timeout=2).embed(["x"])
-    worker = WorkerProcess(url, QUEUE, FAKE, wait_ready=False)
+CLUSTER_QUEUE = "{topo}:requests"
+
+
+async def test_the_core_runs_on_a_3_master_redis_cluster(cluster_ports: list[int], tmp_path: Path) -> None:
+    """A hash-tagged queue puts every key of the deployment in one slot: the online path, a long
+    call, kill -9 recovery, status, serve and a bulk job on a real cluster."""
+    url = f"redis+cluster://127.0.0.1:{cluster_ports[1]}/0"
+    slow = {**FAKE, "EMBED_TEST_ENCODE_DELAY": "0.2", "EMBED_HEARTBEAT_TTL": "1"}
+    doomed = WorkerProcess(url, CLUSTER_QUEUE, {**slow, "EMBED_WORKER_ID": "doomed"})
+    survivor = WorkerProcess(url, CLUSTER_QUEUE, {**slow, "EMBED_WORKER_ID": "survivor"})
+    try:
+        with EmbeddingClient.from_url(url, queue=CLUSTER_QUEUE, timeout=15) as client:
+            np.testing.assert_allclose(client.embed(["군집"]), [fake_vector("query", "군집")], rtol=1e-6)
+            texts = [f"문서 {i}" for i in range(60)]
+            np.testing.assert_allclose(
+                client.embed(texts, "passage"),
+                np.stack([fake_vector("passage", t) for t in texts]),
+                rtol=1e-6,
+            )
+            # kill -9 a worker holding requests: the other reaps them, every call is answered
+            calls = [client.call([f"재분배 {i}"]) for i in range(24)]
+            client.send(*calls)
+            admin = redis.RedisCluster(host="127.0.0.1", port=cluster_ports[0])
+            wait_until(lambda: admin.llen("{topo}:processing:doomed") > 0, 10, "doomed to hold requests")
+            doomed.proc.kill()
+            for call in calls:
+                assert client.wait(call).shape == (1, 8)
+            assert "worker doomed is gone" in survivor.log(), survivor.log()
+        async with AsyncEmbeddingClient.from_url(url, queue=CLUSTER_QUEUE) as aclient:
+            assert (await aclient.embed(["비동기"])).shape == (1, 8)
+        status = embedq("status", "--redis-url", url, "--queue", CLUSTER_QUEUE)
+        assert status.returncode == 0 and "survivor" in status.stdout, status.stderr
+        with TestClient(create_app(ApiSettings(redis_url=url, queue=CLUSTER_QUEUE))) as api:
+            assert api.post("/embed", json={"texts": ["http"]}).json()["dim"] == 8
+        docs = tmp_path / "docs.jsonl"
+        docs.write_text("".join(json.dumps({"id": i, "text": f"문서 {i}"}) + "\n" for i in range(30)))
+        out = str(tmp_path / "out")
+        bulk = embedq("bulk", "run", str(docs), out, "--redis-url", url, "--queue", CLUSTER_QUEUE, "--quiet")
+        assert bulk.returncode == 0, bulk.stderr
+        assert np.load(tmp_path / "out" / "vectors.npy").shape == (30, 8)
+        rq = embedq("bulk", "submit", str(docs), out, "--redis-url", url, "--queue", CLUSTER_QUEUE)
+        assert rq.returncode == 2 and "RQ does not run on Redis Cluster" in rq.stderr
+    finally:
+        doomed.kill()
+        assert survivor.terminate() == 0, survivor.log()
+
+
+def test_a_cluster_without_a_hash_tagged_queue_or_url_is_refused_clearly(cluster_ports: list[int]) -> None:
+    """Instead of CROSSSLOT, an AttributeError, or a worker retrying forever with "unexpected"."""
+    url = f"redis+cluster://127.0.0.1:{cluster_ports[0]}/0"
+    with pytest.raises(TypeError, match="hash tag"):
+        EmbeddingClient(redis.RedisCluster(host="127.0.0.1", port=cluster_ports[0]), queue=QUEUE)
+    with pytest.raises(TypeError, match="hash tag"):
+        EmbeddingClient.from_url(url, queue=QUEUE)
+    refused = subprocess.run(
+        [sys.executable, "-m", "embedq.worker", "--redis-url", url, "--queue", QUEUE],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        env={**os.environ, **FAKE},
+    )  # fmt: skip
+    assert refused.returncode == 2 and "hash tag" in refused.stderr, refused.stderr
+    plain = f"redis://127.0.0.1:{cluster_ports[0]}/0"  # a cluster node through a plain URL
+    with pytest.raises(EmbedqError, match="redis\\+cluster://"):
+        EmbeddingClient.from_url(plain, queue=CLUSTER_QUEUE, timeout=2).embed(["x"])
+    worker = WorkerProcess(plain, QUEUE, FAKE, wait_ready=False)
     try:
         wait_until(lambda: "cluster mode" in worker.log(), 30, "the worker to name the problem")
         assert "unexpected error" not in worker.log()
