@@ -1,5 +1,5 @@
-"""What each Redis topology costs the online path: standalone, TLS and a Sentinel-managed primary,
-side by side, interleaved.
+"""What each Redis topology costs the online path: standalone, TLS, a Sentinel-managed primary and
+a 3-master Redis Cluster, side by side, interleaved.
 
     .venv/bin/python benchmarks/topologies.py [--rounds 3] [--lone 100] [--seconds 8] [--out DIR]
 
@@ -7,7 +7,6 @@ One real worker (bundled all-MiniLM-L6-v2) per topology, each on its own Redis. 
 for each topology in turn: ``--lone`` lone questions one at a time (their latencies), then 10
 producer threads in one process for ``--seconds`` (questions per second). Prints the p50 and p95
 of the lone questions and the throughput per topology; writes topologies.md/json to ``--out``.
-Redis Cluster is not measured: embedq refuses it (see docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -23,11 +22,12 @@ from embedq import EmbeddingClient
 from embedq.stats import percentile
 from embedq.tools.local import RedisServer, WorkerProcess
 from embedq.tools.record import RECORD_QUERIES
-from embedq.tools.topologies import SentinelSet, TlsServer
+from embedq.tools.topologies import ClusterSet, SentinelSet, TlsServer
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-QUEUE = "topo-bench:requests"
+QUEUE = "{topo-bench}:requests"
+"""Hash-tagged, so one queue name works on every topology, the cluster included."""
 
 
 def lone(client: EmbeddingClient, n: int) -> list[float]:
@@ -71,8 +71,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=None, help="folder for topologies.md and .json")
     ns = parser.parse_args()
-    standalone, tls, sentinel = RedisServer(), TlsServer(), SentinelSet()
-    urls = {"standalone": standalone.url, "TLS": tls.url, "Sentinel": sentinel.url}
+    standalone, tls, sentinel, cluster = RedisServer(), TlsServer(), SentinelSet(), ClusterSet(3)
+    urls = {
+        "standalone": standalone.url,
+        "TLS": tls.url,
+        "Sentinel": sentinel.url,
+        "Cluster (3 masters)": cluster.url,
+    }
     workers = {name: WorkerProcess(url, QUEUE, cwd=ROOT) for name, url in urls.items()}
     try:
         clients = {name: EmbeddingClient.from_url(url, queue=QUEUE) for name, url in urls.items()}
@@ -120,6 +125,7 @@ def main() -> int:
         standalone.stop()
         tls.stop()
         sentinel.stop()
+        cluster.stop()
     return 0
 
 

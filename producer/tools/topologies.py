@@ -1,6 +1,6 @@
 """Redis topologies on one machine, for tests and benchmarks: a TLS-only server with a throwaway
-CA (trustme, a dev dependency), a primary with a replica and a Sentinel, and a TCP proxy whose
-target can be moved (what a managed Redis does to its DNS name on failover)."""
+CA (trustme, a dev dependency), a primary with a replica and a Sentinel, a 3-master cluster,
+and a TCP proxy whose target can be moved (what a managed Redis does to its DNS name on failover)."""
 
 from __future__ import annotations
 
@@ -178,3 +178,33 @@ class MovableProxy:
 
     def close(self) -> None:
         self.server.close()
+
+
+class ClusterSet:
+    """A real Redis Cluster of ``masters`` nodes on loopback (no replicas)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="embedq-cluster-"))
+        self.ports: list[int] = []
+        while len(self.ports) < masters:  # the cluster bus listens on port + 10000
+            if (port := free_port()) < 55000 and port not in self.ports:
+                self.ports.append(port)
+        self.procs = []
+        for p in self.ports:
+            config = ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / f"nodes-{p}.conf")]
+            self.procs.append(start_server("--port", str(p), *config, "--dir", str(self.dir), port=p))
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while redis.Redis(port=self.ports[0]).cluster("info")["cluster_state"] != "ok":
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.1)
+        self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

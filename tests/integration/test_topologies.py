@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from embedq import AsyncEmbeddingClient, EmbeddingClient, EmbedqError
 from embedq.api import ApiSettings, create_app
-from embedq.tools.topologies import MovableProxy, SentinelSet, TlsServer, start_server
+from embedq.tools.topologies import ClusterSet, MovableProxy, SentinelSet, TlsServer, start_server
 from embedq.topology import SentinelUrl
 from tests.support.fake_encoder import fake_vector
 from tests.support.servers import ROOT, WorkerProcess, wait_until
@@ -189,30 +188,9 @@ def _free() -> int:
 @pytest.fixture
 def cluster_ports() -> Iterator[list[int]]:
     """A real 3-master Redis Cluster on loopback."""
-    from embedq.tools.local import free_port
-
-    ports: list[int] = []
-    while len(ports) < 3:  # the cluster bus listens on port + 10000
-        if (port := free_port()) < 55000 and port not in ports:
-            ports.append(port)
-    tmp = Path(tempfile.mkdtemp(prefix="embedq-cluster-"))
-    procs = []
-    for p in ports:
-        config = ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp / f"nodes-{p}.conf")]
-        procs.append(start_server("--port", str(p), *config, "--dir", str(tmp), port=p))
-    try:
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        wait_until(
-            lambda: redis.Redis(port=ports[0]).cluster("info")["cluster_state"] == "ok", 20, "cluster ok"
-        )
-        yield ports
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(10)
+    cluster = ClusterSet(3)
+    yield cluster.ports
+    cluster.stop()
 
 
 CLUSTER_QUEUE = "{topo}:requests"

@@ -308,3 +308,19 @@ def test_the_sentinel_variant_of_keda_validates_and_matches_the_default() -> Non
 
     url = "redis+sentinel://embedq-worker:pw@s1:26379,s2:26379,s3:26379/embedq/0"
     assert SentinelUrl.parse(url).service == "embedq"
+
+
+def test_the_cluster_variant_of_keda_watches_hash_tagged_lists() -> None:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "variants" / "keda-cluster.yaml").read_text()) if d]
+    auth = next(d for d in docs if d["kind"] == "TriggerAuthentication")
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    jsonschema.validate(auth, TRIGGER_AUTHENTICATION)
+    jsonschema.validate(scaled, SCALED_OBJECT)
+    assert {"addresses", "username", "password"} <= {
+        ref["parameter"] for ref in auth["spec"]["secretTargetRef"]
+    }
+    keys = Keys("{embed}:requests")
+    assert keys.slotted
+    lists = [t["metadata"]["listName"] for t in scaled["spec"]["triggers"]]
+    assert lists == [keys.queue, keys.bulk]
+    assert all(t["type"] == "redis-cluster" for t in scaled["spec"]["triggers"])

@@ -238,3 +238,13 @@ def test_texts_with_nothing_visible_are_refused_like_whitespace(text: str) -> No
 @pytest.mark.parametrize("text", ["a\u200b", "\U0001f600", "\u00e9", "\ufb01", "\uff1a"])
 def test_a_text_with_anything_visible_is_a_text(text: str) -> None:
     assert parse_request(pack(request_map(texts=[text])), LIMITS).texts == [text]
+
+
+def test_a_hash_tagged_queue_puts_every_key_in_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    keys = Keys("{embed}:requests")
+    assert keys.slotted and not Keys("embed:requests").slotted and not Keys("{}:requests").slotted
+    names = [keys.queue, keys.bulk, keys.wake, keys.dead, keys.workers, keys.processing("w1"),
+             keys.reply("0" * 32), keys.heartbeat("w1"), keys.cache_entry("fp", "query", "q")]  # fmt: skip
+    assert len({key_slot(n.encode()) for n in names}) == 1
