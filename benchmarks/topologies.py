@@ -92,8 +92,8 @@ def main() -> int:
             print(f"round {r + 1}/{ns.rounds}: " + ", ".join(f"{n} {qps[n][-1]:.0f}/s" for n in urls))
         results = {
             n: {
-                "lone_p50_ms": round(percentile(lat[n], 50), 2),
-                "lone_p95_ms": round(percentile(lat[n], 95), 2),
+                "lone_p50_ms": round(percentile(sorted(lat[n]), 50), 2),
+                "lone_p95_ms": round(percentile(sorted(lat[n]), 95), 2),
                 "throughput_qps": round(sum(qps[n]) / len(qps[n]), 1),
             }
             for n in urls

@@ -114,6 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway that authenticates; keys come from EMBED_API_KEYS / EMBED_API_KEYS_FILE",
     )  # fmt: skip
 
+    pl = sub.add_parser(
+        "plan",
+        help="workers needed for a rate of questions at a p95, simulated from a measured batch-time curve",
+    )
+    pl.add_argument("--rate", type=float, required=True, help="questions per second to serve")
+    pl.add_argument("--p95-ms", type=float, required=True, help="the p95 latency to meet, ms")
+    pl.add_argument(
+        "--curve", required=True,
+        help="encode ms per batch size on one worker, '1:206,8:911' (measure it: benchmarks/capacity.py "
+        "prints it; the default models' curves are in docs/performance.md)",
+    )  # fmt: skip
+    pl.add_argument("--max-batch", type=int, default=8, help="EMBED_MAX_BATCH (default 8)")
+    pl.add_argument("--batch-wait-ms", type=float, default=50.0, help="EMBED_BATCH_WAIT_MS (default 50)")
+    pl.add_argument("--policy", choices=("adaptive", "fixed"), default="adaptive", help="EMBED_BATCH_POLICY")
+    pl.add_argument(
+        "--overhead-ms", type=float, default=5.0,
+        help="the queue's own cost per question, ms (a lone question through the queue minus in-process; "
+        "default 5)",
+    )  # fmt: skip
+    pl.add_argument("--max-workers", type=int, default=64)
+
     st = sub.add_parser("status", help="queue depths, live workers, requests/s and p95 of the last minute")
     st.add_argument("--redis-url", default=setting("redis_url"), help="env REDIS_URL")
     st.add_argument("--queue", default=setting("queue"), help="env EMBED_QUEUE")
@@ -304,6 +325,34 @@ def _queue_vectors(
         server.stop()
 
 
+def cmd_plan(ns: argparse.Namespace) -> int:
+    """``embedq plan``: the simulated fleet sizes, and the first that meets the target."""
+    from .tools.capacity import Curve, Fleet, plan
+
+    try:
+        curve = Curve.of([tuple(map(float, item.split(":"))) for item in ns.curve.split(",")])  # type: ignore[misc]
+    except ValueError as exc:
+        print(f"embedq plan: --curve must read like '1:206,8:911' ({exc})", file=sys.stderr)
+        return 2
+    fleet = Fleet(
+        max_batch=ns.max_batch, batch_wait_ms=ns.batch_wait_ms, policy=ns.policy, overhead_ms=ns.overhead_ms
+    )
+    rows = plan(curve, ns.rate, ns.p95_ms, fleet, max_workers=ns.max_workers)
+    per_worker = curve.capacity(ns.max_batch)
+    print(f"{ns.rate:g} questions/s, p95 <= {ns.p95_ms:g} ms; one worker answers at most {per_worker:.1f}/s")
+    print("workers  busy   p50 ms   p95 ms  texts/batch")
+    for r in rows:
+        p50 = "    -" if r.p50_ms == float("inf") else f"{r.p50_ms:8.0f}"
+        p95 = "saturated" if r.p95_ms == float("inf") else f"{r.p95_ms:8.0f}"
+        print(f"{r.workers:7d}  {min(r.utilization, 9.99):4.0%} {p50} {p95:>8}  {r.mean_batch:5.1f}")
+    met = next((r for r in rows if r.meets), None)
+    if met is None:
+        print(f"no fleet of up to {ns.max_workers} workers meets p95 <= {ns.p95_ms:g} ms at this rate")
+        return 1
+    print(f"-> {met.workers} worker(s) (simulated p95 {met.p95_ms:.0f} ms)")
+    return 0
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     import json
 
@@ -342,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_bench(ns)
     if ns.command == "status":
         return cmd_status(ns)
+    if ns.command == "plan":
+        return cmd_plan(ns)
     if ns.command == "serve":
         try:
             require("api", "fastapi", "uvicorn", what="embedq serve")
