@@ -157,6 +157,12 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+PRECISIONS = ("f32", "bf16")
+BF16_MIN_COSINE = 0.9999
+"""bf16 is served only when every probe's vector reaches this cosine against f32's (measured:
+0.99996-0.99999 on MiniLM, a multilingual E5 and an e5-large-shaped model)."""
+
+
 class OnnxEncoder:
     """An exported model on ONNX Runtime (``runtime="onnx"``) or OpenVINO (``"openvino"``, its
     inference precision pinned to f32 so the vectors stay exact)."""
@@ -170,11 +176,20 @@ class OnnxEncoder:
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
         verify: bool = True,
+        precision: str = "f32",
+        min_cosine: float = BF16_MIN_COSINE,
     ) -> None:
         """``verify``: check the tokenizer against the export's recorded probe ids (always, when
-        serving; the export itself checks differently)."""
+        serving; the export itself checks differently). ``precision="bf16"`` (OpenVINO only): the
+        CPU's bf16 inference, served only if its vectors on the export's probes reach
+        ``min_cosine`` against f32, and under a fingerprint of its own."""
         if runtime not in ("onnx", "openvino"):
             raise ExportError(f"unknown runtime {runtime!r}: onnx or openvino")
+        if precision not in PRECISIONS or (precision == "bf16" and runtime != "openvino"):
+            raise ExportError(f"precision {precision!r}: f32, or bf16 with EMBED_BACKEND=openvino")
+        self.precision = precision
+        self.fidelity: float | None = None
+        """bf16's min cosine against f32 on the probes, when bf16 is served."""
         self.export = Export.open(path)
         manifest = self.export.manifest
         self.config = self.export.config
@@ -205,22 +220,53 @@ class OnnxEncoder:
                 PROBES_FILE,
             )
         self._run = self._onnxruntime() if runtime == "onnx" else self._openvino()
-        self.fingerprint = fingerprint(
-            {
-                "backend": self.backend,
-                "model": self.name,
-                "export": self.export.fingerprint,
-                "prefixes": self.prefixes,
-                "config": self.config.as_json(),
-            }
-        )
+        if self.precision == "bf16":
+            self._gate_bf16(probes_path, min_cosine)
+        identity: dict[str, object] = {
+            "backend": self.backend,
+            "model": self.name,
+            "export": self.export.fingerprint,
+            "prefixes": self.prefixes,
+            "config": self.config.as_json(),
+        }
+        if self.precision != "f32":
+            identity["precision"] = self.precision  # near-exact vectors are another model's
+        self.fingerprint = fingerprint(identity)
         """What identifies these vectors (the query cache keys on it): the export's own hash."""
 
     @property
     def backend(self) -> str:
-        """What the heartbeat reports: the runtime, and int8 when the export is quantized."""
+        """What the heartbeat reports: the runtime, and int8 or bf16 when not exact f32."""
         quantized = self.export.manifest.get("quantized")
-        return f"{self.runtime}-{quantized}" if quantized else self.runtime
+        if quantized:
+            return f"{self.runtime}-{quantized}"
+        return f"{self.runtime}-bf16" if self.precision == "bf16" else self.runtime
+
+    def _embed_inputs(self, run: Any, inputs: Sequence[str]) -> np.ndarray:
+        batch = self.tokens.batch(list(inputs))
+        hidden = run(batch).astype(np.float32, copy=False)
+        return np.asarray(normalize(pool(hidden, batch["attention_mask"], self.config.pooling)))
+
+    def _gate_bf16(self, probes_path: Path, min_cosine: float) -> None:
+        """Serve bf16 only where it is near-exact: its vectors on the export's probes against
+        f32's, each probe alone; ``ExportError`` below ``min_cosine``."""
+        if not probes_path.is_file():
+            raise ExportError(f"bf16 needs the export's {PROBES_FILE} to check its fidelity: export again")
+        inputs = json.loads(probes_path.read_text(encoding="utf-8"))["inputs"]
+        exact = self._openvino("f32")
+        worst = 1.0
+        for text in inputs:
+            a, b = self._embed_inputs(self._run, [text]), self._embed_inputs(exact, [text])
+            worst = min(worst, float((a * b).sum()))
+        self.fidelity = worst
+        if worst < min_cosine:
+            raise ExportError(
+                f"bf16 fidelity on {len(inputs)} probes: min cosine {worst:.6f} against f32, under "
+                f"EMBED_PRECISION_MIN_COSINE {min_cosine}: not served (EMBED_PRECISION=f32 is exact)"
+            )
+        log.info(
+            "bf16 fidelity on %d probes: min cosine %.6f against f32 (>= %s)", len(inputs), worst, min_cosine
+        )
 
     def _onnxruntime(self) -> Any:
         import onnxruntime as ort
@@ -239,19 +285,28 @@ class OnnxEncoder:
 
         return run
 
-    def _openvino(self) -> Any:
+    def _openvino(self, precision: str | None = None) -> Any:
         import openvino as ov
 
         core = ov.Core()
+        wanted = precision or self.precision
         compiled = core.compile_model(
             core.read_model(str(self.export.onnx_path)),
             "CPU",
             {
-                "INFERENCE_PRECISION_HINT": "f32",  # its default on many CPUs is bf16: close, not exact
+                # f32 unless asked: OpenVINO's default on CPUs with bf16 is bf16 (close, not exact)
+                "INFERENCE_PRECISION_HINT": wanted,
                 "INFERENCE_NUM_THREADS": self.threads,
                 "PERFORMANCE_HINT": "LATENCY",
             },
         )
+        actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if precision is None and wanted == "bf16" and "bf16" not in actual:
+            log.warning(
+                "EMBED_PRECISION=bf16, but this CPU has no bf16 inference (AVX512-BF16 or AMX): "
+                "OpenVINO runs f32, and the vectors are the exact ones"
+            )
+            self.precision = "f32"
         request = compiled.create_infer_request()
 
         def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -269,6 +324,8 @@ class OnnxEncoder:
             threads=settings.threads,
             query_prefix=settings.query_prefix,
             passage_prefix=settings.passage_prefix,
+            precision=settings.precision,
+            min_cosine=settings.precision_min_cosine,
         )
 
     def _inputs(self, texts: Sequence[str], kinds: Sequence[str]) -> list[str]:

@@ -90,6 +90,11 @@ class Settings:
     """``text`` for people, ``json`` (one object per line) for log shippers."""
     metrics_port: int = 0
     """Serve Prometheus metrics on this port; 0: off."""
+    precision: str = "f32"
+    """``f32`` (exact), or ``bf16`` with ``EMBED_BACKEND=openvino`` on a CPU with AVX512-BF16 or
+    AMX: faster, near-exact, served only past the fidelity gate and under its own fingerprint."""
+    precision_min_cosine: float = 0.9999
+    """bf16's gate: every export probe's vector must reach this cosine against f32's."""
     alive_file: str = ""
     """A file the loop touches on every turn, for ``embedq-worker health --live`` (a liveness
     probe that does not depend on Redis); empty: off."""
@@ -125,6 +130,8 @@ class Settings:
             "log_level": self.log_level.upper() in LOG_LEVELS,
             "log_format": self.log_format in ("text", "json"),
             "metrics_port": 0 <= self.metrics_port < 65536,
+            "precision": self.precision == "f32" or (self.precision == "bf16" and self.backend == "openvino"),
+            "precision_min_cosine": 0 < self.precision_min_cosine <= 1,
             "cache_ttl": self.cache_ttl >= 1,
             "cache_kinds": bool(self.cached_kinds)
             and all(k in ("query", "passage") for k in self.cached_kinds),
@@ -205,6 +212,8 @@ ENV: dict[str, str] = {
     "log_level": "EMBED_LOG_LEVEL",
     "log_format": "EMBED_LOG_FORMAT",
     "metrics_port": "EMBED_METRICS_PORT",
+    "precision": "EMBED_PRECISION",
+    "precision_min_cosine": "EMBED_PRECISION_MIN_COSINE",
     "alive_file": "EMBED_ALIVE_FILE",
     "cache_url": "EMBED_CACHE_URL",
     "cache_ttl": "EMBED_CACHE_TTL",

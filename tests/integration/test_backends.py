@@ -183,3 +183,32 @@ def test_a_worker_refuses_an_export_whose_tokenizer_no_longer_gives_the_recorded
     )
     assert worker.proc.wait(120) == 2
     assert "other token ids than the model's own" in worker.log() and "Export the model again" in worker.log()
+
+
+def test_bf16_is_served_only_past_its_fidelity_gate_under_its_own_fingerprint(exported: Path) -> None:
+    """EMBED_PRECISION=bf16 (OpenVINO): on a CPU without bf16 inference OpenVINO runs f32, and the
+    worker says so and keeps the exact fingerprint; where bf16 runs, its vectors on the export's
+    probes must reach the gate against f32, and they get a fingerprint of their own."""
+    import numpy as np
+
+    from embedq.worker.onnx_encoder import ExportError, OnnxEncoder
+
+    exact = OnnxEncoder(exported, runtime="openvino")
+    bf16 = OnnxEncoder(exported, runtime="openvino", precision="bf16")
+    if bf16.precision == "f32":  # this CPU: no AVX512-BF16 / AMX
+        assert bf16.fingerprint == exact.fingerprint and bf16.backend == "openvino" and bf16.fidelity is None
+    else:
+        assert bf16.fingerprint != exact.fingerprint and bf16.backend == "openvino-bf16"
+        assert bf16.fidelity is not None and bf16.fidelity >= 0.9999
+    with pytest.raises(ExportError, match="bf16 with EMBED_BACKEND=openvino"):
+        OnnxEncoder(exported, runtime="onnx", precision="bf16")
+
+    # the gate itself, on vectors made to drift the way a too-coarse precision would
+    run = exact._run
+    rng = np.random.default_rng(0)
+    exact._run = lambda batch: run(batch) + rng.normal(0, 0.05, size=run(batch).shape).astype(np.float32)
+    with pytest.raises(ExportError, match=r"bf16 fidelity on 2[0-9]{2} probes: min cosine"):
+        exact._gate_bf16(exported / "probes.json", 0.9999)
+    exact._run = run
+    exact._gate_bf16(exported / "probes.json", 0.9999)  # f32 against itself: cosine 1
+    assert exact.fidelity is not None and exact.fidelity > 0.99999
