@@ -130,8 +130,9 @@ def summarize(results: list[tuple[str, float]]) -> dict[str, int]:
 
 def test_a_sentinel_primary_killed_under_10_producers_fails_over_by_itself() -> None:
     cluster = SentinelSet()
-    worker = WorkerProcess(cluster.url, QUEUE, FAKE)
+    worker = None
     try:
+        worker = WorkerProcess(cluster.url, QUEUE, FAKE)
         old = cluster.primary_port()
         results = run_producers(cluster.url, 12.0, cluster.kill_primary)
         assert cluster.primary_port() != old  # the Sentinel promoted the replica
@@ -143,19 +144,20 @@ def test_a_sentinel_primary_killed_under_10_producers_fails_over_by_itself() -> 
         assert late.count("ok") == len(late), late  # after the failover, everything is answered again
         assert worker.alive
     finally:
-        worker.kill()
+        if worker is not None:
+            worker.kill()
         cluster.stop()
 
 
 def test_a_demoted_primary_behind_a_moved_address_is_left_for_the_new_one() -> None:
     """What managed Redis does: promote the replica, demote the primary, move the DNS name. Before,
     the blocked call got UNBLOCKED, then every call failed READONLY and the worker stayed."""
-    a_port, b_port = 0, 0
-    a = start_server("--port", str(a_port := _free()), port=a_port)
-    b = start_server("--port", str(b_port := _free()), "--replicaof", "127.0.0.1", str(a_port), port=b_port)
+    a_port, b_port = _free(), _free()
+    a = start_server("--port", str(a_port), port=a_port)
+    b = start_server("--port", str(b_port), "--replicaof", "127.0.0.1", str(a_port), port=b_port)
     wait_until(lambda: redis.Redis(port=b_port).info("replication")["master_link_status"] == "up", 10, "sync")
     proxy = MovableProxy(a_port)
-    worker = WorkerProcess(proxy.url, QUEUE, FAKE)
+    worker = None
 
     def fail_over() -> None:
         redis.Redis(port=b_port).replicaof("NO", "ONE")
@@ -163,6 +165,7 @@ def test_a_demoted_primary_behind_a_moved_address_is_left_for_the_new_one() -> N
         proxy.move(b_port)
 
     try:
+        worker = WorkerProcess(proxy.url, QUEUE, FAKE)
         results = run_producers(proxy.url, 8.0, fail_over)
         counts = summarize(results)
         print(f"\nunannounced failover under 10 producers: {counts}")
@@ -172,7 +175,8 @@ def test_a_demoted_primary_behind_a_moved_address_is_left_for_the_new_one() -> N
         assert "READONLY" in worker.log() or "demoted" in worker.log()
         assert redis.Redis(port=b_port).llen(QUEUE) == 0  # the worker serves the new primary
     finally:
-        worker.kill()
+        if worker is not None:
+            worker.kill()
         proxy.close()
         for p in (a, b):
             p.kill()
@@ -202,7 +206,11 @@ async def test_the_core_runs_on_a_3_master_redis_cluster(cluster_ports: list[int
     url = f"redis+cluster://127.0.0.1:{cluster_ports[1]}/0"
     slow = {**FAKE, "EMBED_TEST_ENCODE_DELAY": "0.2", "EMBED_HEARTBEAT_TTL": "1"}
     doomed = WorkerProcess(url, CLUSTER_QUEUE, {**slow, "EMBED_WORKER_ID": "doomed"})
-    survivor = WorkerProcess(url, CLUSTER_QUEUE, {**slow, "EMBED_WORKER_ID": "survivor"})
+    try:
+        survivor = WorkerProcess(url, CLUSTER_QUEUE, {**slow, "EMBED_WORKER_ID": "survivor"})
+    except BaseException:
+        doomed.kill()
+        raise
     try:
         with EmbeddingClient.from_url(url, queue=CLUSTER_QUEUE, timeout=15) as client:
             np.testing.assert_allclose(client.embed(["군집"]), [fake_vector("query", "군집")], rtol=1e-6)
