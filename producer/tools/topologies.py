@@ -23,8 +23,9 @@ def start_server(*args: str, port: int | None = None, ready: bool = True) -> sub
     """A redis-server with ``args`` (no persistence); waits until it answers PING on ``port``."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed"
+    where = [] if "--dir" in args else ["--dir", tempfile.mkdtemp(prefix="embedq-redis-")]  # a replica's RDB
     proc = subprocess.Popen(
-        [binary, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", *args],
+        [binary, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", *where, *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     if ready and port:
