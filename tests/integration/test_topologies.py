@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from embedq import AsyncEmbeddingClient, EmbeddingClient, EmbedqError
 from embedq.api import ApiSettings, create_app
+from embedq.protocol import Keys
 from embedq.tools.topologies import ClusterSet, MovableProxy, SentinelSet, TlsServer, start_server
 from embedq.topology import SentinelUrl
 from tests.support.fake_encoder import fake_vector
@@ -200,52 +201,71 @@ def cluster_ports() -> Iterator[list[int]]:
 CLUSTER_QUEUE = "{topo}:requests"
 
 
-async def test_the_core_runs_on_a_3_master_redis_cluster(cluster_ports: list[int], tmp_path: Path) -> None:
-    """A hash-tagged queue puts every key of the deployment in one slot: the online path, a long
-    call, kill -9 recovery, status, serve and a bulk job on a real cluster."""
-    url = f"redis+cluster://127.0.0.1:{cluster_ports[1]}/0"
+async def run_the_core(url: str, queue: str, tmp_path: Path, *, rq: bool) -> None:
+    """The core on one topology: the online path, a long call, kill -9 recovery, the asyncio
+    client, status, serve, and a bulk job (through RQ when ``rq``, else in the foreground)."""
+    from embedq.topology import client_from_url
+
     slow = {**FAKE, "EMBED_TEST_ENCODE_DELAY": "0.2", "EMBED_HEARTBEAT_TTL": "1"}
-    doomed = WorkerProcess(url, CLUSTER_QUEUE, {**slow, "EMBED_WORKER_ID": "doomed"})
+    doomed = WorkerProcess(url, queue, {**slow, "EMBED_WORKER_ID": "doomed"})
     try:
-        survivor = WorkerProcess(url, CLUSTER_QUEUE, {**slow, "EMBED_WORKER_ID": "survivor"})
+        survivor = WorkerProcess(url, queue, {**slow, "EMBED_WORKER_ID": "survivor"})
     except BaseException:
         doomed.kill()
         raise
+    admin = client_from_url(url)
+    keys = Keys(queue)
     try:
-        with EmbeddingClient.from_url(url, queue=CLUSTER_QUEUE, timeout=15) as client:
+        with EmbeddingClient.from_url(url, queue=queue, timeout=15) as client:
             np.testing.assert_allclose(client.embed(["군집"]), [fake_vector("query", "군집")], rtol=1e-6)
             texts = [f"문서 {i}" for i in range(60)]
-            np.testing.assert_allclose(
-                client.embed(texts, "passage"),
-                np.stack([fake_vector("passage", t) for t in texts]),
-                rtol=1e-6,
-            )
+            expected = np.stack([fake_vector("passage", t) for t in texts])
+            np.testing.assert_allclose(client.embed(texts, "passage"), expected, rtol=1e-6)
             # kill -9 a worker holding requests: the other reaps them, every call is answered
             calls = [client.call([f"재분배 {i}"]) for i in range(24)]
             client.send(*calls)
-            admin = redis.RedisCluster(host="127.0.0.1", port=cluster_ports[0])
-            wait_until(lambda: admin.llen("{topo}:processing:doomed") > 0, 10, "doomed to hold requests")
+            wait_until(lambda: admin.llen(keys.processing("doomed")) > 0, 10, "doomed to hold requests")
             doomed.proc.kill()
             for call in calls:
                 assert client.wait(call).shape == (1, 8)
             assert "worker doomed is gone" in survivor.log(), survivor.log()
-        async with AsyncEmbeddingClient.from_url(url, queue=CLUSTER_QUEUE) as aclient:
+        async with AsyncEmbeddingClient.from_url(url, queue=queue) as aclient:
             assert (await aclient.embed(["비동기"])).shape == (1, 8)
-        status = embedq("status", "--redis-url", url, "--queue", CLUSTER_QUEUE)
+        status = embedq("status", "--redis-url", url, "--queue", queue)
         assert status.returncode == 0 and "survivor" in status.stdout, status.stderr
-        with TestClient(create_app(ApiSettings(redis_url=url, queue=CLUSTER_QUEUE))) as api:
+        with TestClient(create_app(ApiSettings(redis_url=url, queue=queue))) as api:
             assert api.post("/embed", json={"texts": ["http"]}).json()["dim"] == 8
         docs = tmp_path / "docs.jsonl"
         docs.write_text("".join(json.dumps({"id": i, "text": f"문서 {i}"}) + "\n" for i in range(30)))
         out = str(tmp_path / "out")
-        bulk = embedq("bulk", "run", str(docs), out, "--redis-url", url, "--queue", CLUSTER_QUEUE, "--quiet")
-        assert bulk.returncode == 0, bulk.stderr
+        if rq:
+            submitted = embedq("bulk", "submit", str(docs), out, "--redis-url", url, "--queue", queue)
+            assert submitted.returncode == 0, submitted.stderr
+            ran = embedq("bulk", "worker", "--burst", "--redis-url", url)
+            assert ran.returncode == 0, ran.stderr[-3000:]
+        else:
+            ran = embedq("bulk", "run", str(docs), out, "--redis-url", url, "--queue", queue, "--quiet")
+            assert ran.returncode == 0, ran.stderr
         assert np.load(tmp_path / "out" / "vectors.npy").shape == (30, 8)
-        rq = embedq("bulk", "submit", str(docs), out, "--redis-url", url, "--queue", CLUSTER_QUEUE)
-        assert rq.returncode == 2 and "RQ does not run on Redis Cluster" in rq.stderr
     finally:
         doomed.kill()
         assert survivor.terminate() == 0, survivor.log()
+
+
+async def test_the_core_runs_on_a_3_master_redis_cluster(cluster_ports: list[int], tmp_path: Path) -> None:
+    """A hash-tagged queue puts every key of the deployment in one slot."""
+    url = f"redis+cluster://127.0.0.1:{cluster_ports[1]}/0"
+    await run_the_core(url, CLUSTER_QUEUE, tmp_path, rq=False)
+    rq = embedq("bulk", "submit", str(tmp_path / "docs.jsonl"), str(tmp_path / "rq"), "--redis-url", url)
+    assert rq.returncode == 2 and "RQ does not run on Redis Cluster" in rq.stderr
+
+
+async def test_the_core_runs_on_a_sentinel_managed_primary(tmp_path: Path) -> None:
+    sentinel = SentinelSet()
+    try:
+        await run_the_core(sentinel.url, QUEUE, tmp_path, rq=True)
+    finally:
+        sentinel.stop()
 
 
 def test_a_cluster_without_a_hash_tagged_queue_or_url_is_refused_clearly(cluster_ports: list[int]) -> None:
