@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         "default 5)",
     )  # fmt: skip
     pl.add_argument("--max-workers", type=int, default=64)
+    pl.add_argument(
+        "--max-busy", type=float, default=0.85,
+        help="busiest a fleet may be and still count (default 0.85: headroom for bursts and restarts)",
+    )  # fmt: skip
 
     st = sub.add_parser("status", help="queue depths, live workers, requests/s and p95 of the last minute")
     st.add_argument("--redis-url", default=setting("redis_url"), help="env REDIS_URL")
@@ -337,9 +341,12 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     fleet = Fleet(
         max_batch=ns.max_batch, batch_wait_ms=ns.batch_wait_ms, policy=ns.policy, overhead_ms=ns.overhead_ms
     )
-    rows = plan(curve, ns.rate, ns.p95_ms, fleet, max_workers=ns.max_workers)
+    rows = plan(curve, ns.rate, ns.p95_ms, fleet, max_workers=ns.max_workers, max_busy=ns.max_busy)
     per_worker = curve.capacity(ns.max_batch)
-    print(f"{ns.rate:g} questions/s, p95 <= {ns.p95_ms:g} ms; one worker answers at most {per_worker:.1f}/s")
+    print(
+        f"{ns.rate:g} questions/s, p95 <= {ns.p95_ms:g} ms, busy <= {ns.max_busy:.0%}; one worker answers at "
+        f"most {per_worker:.1f}/s"
+    )
     print("workers  busy   p50 ms   p95 ms  texts/batch")
     for r in rows:
         p50 = "    -" if r.p50_ms == float("inf") else f"{r.p50_ms:8.0f}"

@@ -176,8 +176,21 @@ class PlanRow:
     meets: bool
 
 
+MAX_BUSY = 0.85
+"""A fleet busier than this does not meet a target even when its simulated p95 does: real
+arrivals come in bursts the Poisson model smooths over, and a fleet near its ceiling has no room
+for a worker restart or a slow neighbour."""
+
+
 def plan(
-    curve: Curve, rate: float, p95_ms: float, fleet: Fleet, *, max_workers: int = 64, requests: int = 4000
+    curve: Curve,
+    rate: float,
+    p95_ms: float,
+    fleet: Fleet,
+    *,
+    max_workers: int = 64,
+    requests: int = 4000,
+    max_busy: float = MAX_BUSY,
 ) -> list[PlanRow]:
     """Predictions for 1, 2, ... workers until the p95 target is met (or ``max_workers``). A fleet
     loaded to 98% of its ceiling or more is not simulated: its queue grows without bound, so its
@@ -190,7 +203,8 @@ def plan(
             continue
         sized = Fleet(**{**fleet.__dict__, "workers": n})
         out = simulate(curve, sized, rate, requests=requests)
-        row = PlanRow(n, out.utilization, out.p(50), out.p(95), out.mean_batch, out.p(95) <= p95_ms)
+        meets = out.p(95) <= p95_ms and out.utilization <= max_busy
+        row = PlanRow(n, out.utilization, out.p(50), out.p(95), out.mean_batch, meets)
         rows.append(row)
         if row.meets:
             break
