@@ -28,6 +28,10 @@ EWMA_ALPHA = 0.2
 CORRECTION_RANGE = (0.25, 4.0)
 """The correction never strays further from the warm-up fit than this (one odd encode, a noisy
 neighbour on the host, must not make every request look late or every batch look free)."""
+CAUTION = 3.0
+"""Admission plans for an encode this many mean deviations slower than expected: a request is
+encoded only if it would still be in time then (on a noisy host the mean alone let ~1 in 6
+admitted requests be answered late, past anyone's wait)."""
 SKIP_LOG_EVERY_S = 10.0
 """Skipped (past-deadline) requests are logged at most this often, as a count."""
 
@@ -45,6 +49,10 @@ class CostModel:
     per_token_ms: float = 0.0
     correction: float = 1.0
     """Measured / predicted, averaged over recent encodes (kept within ``CORRECTION_RANGE``)."""
+    spread: float = 0.0
+    """Mean deviation of measured / predicted from ``correction``, averaged the same way."""
+    rest_ms: float = 0.0
+    """A batch's time outside the encode (parse, window check, the reply's write), averaged."""
 
     @property
     def calibrated(self) -> bool:
@@ -65,6 +73,7 @@ class CostModel:
         if not self.calibrated:  # all encodes took no time at all: count a token as a microsecond
             self.per_token_ms = 0.001
         self.correction = 1.0
+        self.spread = 0.0
 
     def expected_ms(self, texts: int, tokens: int) -> float:
         """Expected encode time of ``texts`` texts padded to ``tokens`` tokens (0 before calibration)."""
@@ -78,7 +87,21 @@ class CostModel:
             return
         predicted = (self.base_ms + self.per_token_ms * texts * max(1, tokens)) or 1e-9
         ratio = min(CORRECTION_RANGE[1], max(CORRECTION_RANGE[0], ms / predicted))
+        self.spread = (1 - EWMA_ALPHA) * self.spread + EWMA_ALPHA * abs(ratio - self.correction)
         self.correction = (1 - EWMA_ALPHA) * self.correction + EWMA_ALPHA * ratio
+
+    def add_rest(self, ms: float) -> None:
+        """One batch spent ``ms`` outside its encode."""
+        self.rest_ms = (1 - EWMA_ALPHA) * self.rest_ms + EWMA_ALPHA * max(0.0, ms)
+
+    def cautious_ms(self, texts: int, tokens: int) -> float:
+        """Time from admission to the reply that a batch stays under unless the host is unusually
+        slow: the expected encode widened by ``CAUTION`` mean deviations, plus the batch's usual
+        time outside the encode (what admission must plan for, not the average)."""
+        expected = self.expected_ms(texts, tokens)
+        if expected <= 0.0:
+            return 0.0
+        return expected * (1.0 + CAUTION * self.spread / self.correction) + self.rest_ms
 
     def as_dict(self) -> dict[str, float]:
         """What the heartbeat reports of it."""
@@ -160,9 +183,9 @@ class Admission:
         self, live: Sequence[Taken], now_ms: int, lane: str, out: Outcomes, *, encode_ms: float
     ) -> list[Taken]:
         """The requests that can still be answered in time; the others are skipped unencoded:
-        past their deadline (their producer has gone: no reply), or unable to meet it given this
-        batch's expected encode time ``encode_ms`` (a ``deadline_exceeded`` error, so the
-        producer hears why)."""
+        past their deadline (their producer has gone: no reply), or unable to meet it given the
+        time ``encode_ms`` this batch is planned to take to its reply (``CostModel.cautious_ms``;
+        a ``deadline_exceeded`` error, so the producer hears why)."""
         finish_ms = now_ms + encode_ms
         keep: list[Taken] = []
         skipped = 0

@@ -305,15 +305,19 @@ class Worker:
         """Answer every request of a batch taken from ``lane`` (default: online): errors for
         refused ones, vectors for the rest, all written in one atomic step."""
         lane = lane or self.queue
+        began = time.perf_counter()
         out = Outcomes(self.settings.worker_id, model=self.served_name, fingerprint=self.encoder.fingerprint)
         live = self.admission.parsed(batch, lane.lane, out)
         live = self.admission.for_this_model(live, out, self.served_name, self.encoder)
-        live = self.admission.admit(live, lane.now_ms(), lane.lane, out, encode_ms=self._batch_cost(live))
+        planned_ms = self.cost.cautious_ms(*self.encoding.tokens.padded(live))
+        live = self.admission.admit(live, lane.now_ms(), lane.lane, out, encode_ms=planned_ms)
         rows = self.encoding.check_windows(live, out)
         encode_ms = self.encoding.encode_and_reply(rows, lane, out) if rows.entries else 0.0
         started = time.perf_counter()
         self._finish(batch, lane, out)
         self.encoding.tokens.forget(batch)
+        if rows.entries:
+            self.cost.add_rest((time.perf_counter() - began) * 1000 - encode_ms)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "batch %d (%s): %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",

@@ -64,6 +64,21 @@ def test_the_cost_model_fits_texts_times_padded_tokens_and_follows_measurements(
     assert cost.expected_ms(8, 10) <= 4.01 * cost.expected_ms(8, 10) / cost.correction
 
 
+def test_admission_plans_for_a_slow_encode_when_encodes_vary() -> None:
+    cost = CostModel()
+    cost.calibrate([(1, 10, 10.0), (8, 10, 10.0)])
+    steady = CostModel(**{k: v for k, v in vars(cost).items()})
+    for i in range(40):
+        cost.add(1, 10, 10.0 * (0.5 if i % 2 else 1.5))  # the same mean, widely spread
+        steady.add(1, 10, 10.0)
+    assert cost.expected_ms(1, 10) == pytest.approx(10.0, rel=0.15)
+    assert steady.cautious_ms(1, 10) == pytest.approx(10.0, rel=0.01)  # nothing to fear
+    assert cost.cautious_ms(1, 10) >= 2.0 * cost.expected_ms(1, 10)  # plans for the slow half
+    steady.add_rest(4.0)
+    assert steady.cautious_ms(1, 10) == pytest.approx(10.0 + 0.2 * 4.0, rel=0.01)  # the reply's write too
+    assert CostModel().cautious_ms(1, 10) == 0.0  # uncalibrated: nothing refused on a guess
+
+
 def test_admission_keeps_what_can_finish_in_time_and_says_why_for_the_rest() -> None:
     from embedq.worker.admission import Admission
     from embedq.worker.lane import Taken
