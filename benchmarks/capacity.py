@@ -8,8 +8,17 @@ thread): measure the batch-time curve in-process at that thread count (questions
 in-process), then offer Poisson arrivals of one question each at 30%, 60% and 85% of the
 curve's ceiling to real workers through Redis (open loop: a question's latency counts from its
 scheduled arrival, so a slow fleet cannot slow the load down), and compare the measured p50 and
-p95 with the simulation's for the same fleet, curve and rate. Writes capacity.md and
-capacity.json to ``--out``.
+p95 with three predictions for the same fleet and rate:
+
+- from the in-process curve, measured on an idle machine (what one has before deploying);
+- from that curve scaled by the batch times the workers logged during the 30% run (DEBUG lines:
+  texts and encode-plus-reply ms, each a factor against the curve, drawn per simulated batch):
+  what one has from a fleet already running at light load, where the load generator's share of
+  these 2 cores shows;
+- from the batch times of the same run: the queueing model alone, given the service times it
+  really had.
+
+Writes capacity.md and capacity.json to ``--out``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from embedq.tools.corpus import find_korquad, korquad_pairs
 from embedq.tools.local import RedisServer, WorkerProcess, bundled_model_path
 from embedq.tools.record import RECORD_QUERIES
 from embedq.tools.reference import ReferenceModel
+from embedq.worker.report import logged_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -108,6 +118,11 @@ def lone_overhead(url: str, queue: str, model: ReferenceModel, texts: list[str],
     return max(0.0, statistics.median(queued) - statistics.median(local))
 
 
+def fleet_batches(procs: list[WorkerProcess]) -> list[tuple[int, float]]:
+    """(texts, encode + reply ms) of every online batch the workers logged so far."""
+    return [b for p in procs for b in logged_batches(p.log())]
+
+
 def run_fleet(workers: int, threads: int, seconds: float, texts: list[str]) -> dict[str, Any]:
     model = ReferenceModel(bundled_model_path(), threads=threads)
     curve = measure_curve(model, texts)
@@ -117,6 +132,7 @@ def run_fleet(workers: int, threads: int, seconds: float, texts: list[str]) -> d
         "EMBED_THREADS": str(threads),
         "EMBED_QUERY_PREFIX": "query: ",
         "EMBED_PASSAGE_PREFIX": "passage: ",
+        "EMBED_LOG_LEVEL": "DEBUG",  # a line per batch: the fleet's own batch times
     }
     procs = [WorkerProcess(server.url, queue, env, cwd=ROOT) for _ in range(workers)]
     try:
@@ -124,20 +140,33 @@ def run_fleet(workers: int, threads: int, seconds: float, texts: list[str]) -> d
         fleet = Fleet(workers=workers, overhead_ms=overhead)
         ceiling = curve.capacity(fleet.max_batch) * workers
         rows = []
+        light: Curve | None = None
         for load in LOADS:
             rate = load * ceiling
+            before = len(fleet_batches(procs))
             measured = sorted(open_loop(server.url, queue, rate, seconds, texts, seed=int(load * 100)))
-            sim = simulate(curve, fleet, rate, requests=max(2000, len(measured) * 4), seed=7)
-            row = {
+            same = curve.observed(fleet_batches(procs)[before:])
+            light = light or same  # the lightest load's factors, then used for the heavier ones
+            n = max(2000, len(measured) * 4)
+            logged = Fleet(workers=workers, overhead_ms=overhead)
+            predictions = {
+                "idle": simulate(curve, fleet, rate, requests=n, seed=7),
+                "light": simulate(light, logged, rate, requests=n, seed=7),
+                "same": simulate(same, logged, rate, requests=n, seed=7),
+            }
+            row: dict[str, Any] = {
                 "load": load,
                 "rate": round(rate, 2),
                 "questions": len(measured),
                 "measured_p50_ms": round(percentile(measured, 50), 1),
                 "measured_p95_ms": round(percentile(measured, 95), 1),
-                "predicted_p50_ms": round(sim.p(50), 1),
-                "predicted_p95_ms": round(sim.p(95), 1),
+                "factor_p50": round(percentile(sorted(same.spread), 50), 2),
+                "factor_p90": round(percentile(sorted(same.spread), 90), 2),
             }
-            row["p95_error"] = round(row["predicted_p95_ms"] / row["measured_p95_ms"] - 1, 3)
+            for name, sim in predictions.items():
+                row[f"{name}_p50_ms"] = round(sim.p(50), 1)
+                row[f"{name}_p95_ms"] = round(sim.p(95), 1)
+                row[f"{name}_p95_error"] = round(sim.p(95) / row["measured_p95_ms"] - 1, 3)
             rows.append(row)
             print(f"{workers}x{threads}: {row}", flush=True)
         return {
@@ -163,19 +192,30 @@ def report(results: list[dict[str, Any]], seconds: float) -> str:
         "The simulation is `embedq plan`'s (`embedq.tools.capacity`): the workers' own batching code "
         "on simulated clocks, fed the curve and queue cost measured just before.",
         "",
-        "| fleet | curve (ms at 1/2/4/8 texts) | queue cost | rate (load) | measured p50 / p95 | "
-        "predicted p50 / p95 | p95 error |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| fleet | rate (load) | measured p50 / p95 | predicted p50 / p95 (p95 error): from the idle curve "
+        "| from the 30% run's batch times | from this run's batch times "
+        "| this run's batch times / idle curve (p50, p90) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        curve = "/".join(f"{float(v):.0f}" for v in r["curve_ms"].values())
         for row in r["rows"]:
+            cells = [
+                f"{row[f'{k}_p50_ms']:.0f} / {row[f'{k}_p95_ms']:.0f} ms ({row[f'{k}_p95_error']:+.0%})"
+                for k in ("idle", "light", "same")
+            ]
             lines.append(
-                f"| {r['workers']} x {r['threads']} threads | {curve} | {r['overhead_ms']:.1f} ms | "
-                f"{row['rate']:.1f}/s ({row['load']:.0%}) | {row['measured_p50_ms']:.0f} / "
-                f"{row['measured_p95_ms']:.0f} ms | {row['predicted_p50_ms']:.0f} / "
-                f"{row['predicted_p95_ms']:.0f} ms | {row['p95_error']:+.0%} |"
+                f"| {r['workers']} x {r['threads']} threads | {row['rate']:.1f}/s ({row['load']:.0%}) | "
+                f"{row['measured_p50_ms']:.0f} / {row['measured_p95_ms']:.0f} ms | {' | '.join(cells)} | "
+                f"{row['factor_p50']:.2f}x, {row['factor_p90']:.2f}x |"
             )
+    lines += [
+        "",
+        "| fleet | idle curve, ms at 1/2/4/8 texts | queue cost (lone question, queue - in-process) |",
+        "|---|---|---:|",
+    ]
+    for r in results:
+        idle = "/".join(f"{float(v):.0f}" for v in r["curve_ms"].values())
+        lines.append(f"| {r['workers']} x {r['threads']} threads | {idle} | {r['overhead_ms']:.1f} ms |")
     return "\n".join(lines) + "\n"
 
 

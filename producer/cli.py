@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode ms per batch size on one worker, '1:206,8:911' (measure it: benchmarks/capacity.py "
         "prints it; the default models' curves are in docs/performance.md)",
     )  # fmt: skip
+    pl.add_argument(
+        "--batch-log", type=Path, action="append", default=[],
+        help="a running worker's log at EMBED_LOG_LEVEL=DEBUG (repeatable): its batches' times scale the "
+        "curve, spread included (what the fleet's host really gives, neighbours and all)",
+    )  # fmt: skip
     pl.add_argument("--max-batch", type=int, default=8, help="EMBED_MAX_BATCH (default 8)")
     pl.add_argument("--batch-wait-ms", type=float, default=50.0, help="EMBED_BATCH_WAIT_MS (default 50)")
     pl.add_argument("--policy", choices=("adaptive", "fixed"), default="adaptive", help="EMBED_BATCH_POLICY")
@@ -338,6 +343,22 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"embedq plan: --curve must read like '1:206,8:911' ({exc})", file=sys.stderr)
         return 2
+    if ns.batch_log:
+        from embedq.worker.report import logged_batches
+
+        batches = [b for path in ns.batch_log for b in logged_batches(path.read_text(errors="replace"))]
+        if not batches:
+            print(
+                "embedq plan: no batch lines in --batch-log (run the worker with EMBED_LOG_LEVEL=DEBUG)",
+                file=sys.stderr,
+            )
+            return 2
+        curve = curve.observed(batches)
+        factors = sorted(curve.spread)
+        print(
+            f"{len(batches)} logged batches: {factors[len(factors) // 2]:.2f}x the curve at the median, "
+            f"{factors[int(len(factors) * 0.9)]:.2f}x at p90"
+        )
     fleet = Fleet(
         max_batch=ns.max_batch, batch_wait_ms=ns.batch_wait_ms, policy=ns.policy, overhead_ms=ns.overhead_ms
     )

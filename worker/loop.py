@@ -320,7 +320,7 @@ class Worker:
             self.cost.add_rest((time.perf_counter() - began) * 1000 - encode_ms)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "batch %d (%s): %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms",
+                report.BATCH_LOG,
                 self.encoding.batches,
                 lane.lane,
                 len(batch),

@@ -3,6 +3,7 @@ the labels of ``embedq_worker_info``, all from its settings and its encoder."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from embedq.protocol import Heartbeat
@@ -10,6 +11,24 @@ from embedq.protocol import Heartbeat
 from .cache import CacheWriter
 from .encoder import Encoder
 from .settings import Settings
+
+BATCH_LOG = "batch %d (%s): %d request(s), %d text(s); waited %.1f ms, encode %.1f ms, reply %.1f ms"
+"""The worker's DEBUG line per batch (number, lane, requests, texts, gathering wait, encode, reply)."""
+BATCH_LOG_LINE = re.compile(
+    r"batch \d+ \((?P<lane>\w+)\): \d+ request\(s\), (?P<texts>\d+) text\(s\); waited [\d.]+ ms, "
+    r"encode (?P<encode>[\d.]+) ms, reply (?P<reply>[\d.]+) ms"
+)
+"""``BATCH_LOG`` read back (``embedq plan --batch-log``: a running fleet's own batch times)."""
+
+
+def logged_batches(text: str, lane: str = "online") -> list[tuple[int, float]]:
+    """(texts, encode + reply ms) of every ``lane`` batch in worker log ``text``."""
+    return [
+        (int(m["texts"]), float(m["encode"]) + float(m["reply"]))
+        for m in BATCH_LOG_LINE.finditer(text)
+        if m["lane"] == lane and int(m["texts"]) > 0
+    ]
+
 
 INFO_METRIC_FIELDS = (
     "model", "served_name", "fingerprint", "backend", "dim", "device", "threads", "max_batch",

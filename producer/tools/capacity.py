@@ -24,9 +24,12 @@ from embedq.worker.batching import Batcher, make_policy
 @dataclass(frozen=True)
 class Curve:
     """Encode ms of a batch of ``texts`` questions, from measured points (linear between them,
-    extended along the last segment beyond them)."""
+    extended along the last segment beyond them). With ``spread``, each batch's time is the
+    curve's times one of its factors, drawn at random (variance lengthens queues)."""
 
     points: tuple[tuple[int, float], ...]
+    spread: tuple[float, ...] = ()
+    """Measured batch times divided by the curve's time for their size (``observed``), or none."""
 
     def __post_init__(self) -> None:
         if not self.points or any(b < 1 or ms <= 0 for b, ms in self.points):
@@ -36,6 +39,20 @@ class Curve:
     def of(cls, points: dict[int, float] | Sequence[tuple[int, float]]) -> Curve:
         items = points.items() if isinstance(points, dict) else points
         return cls(tuple(sorted((int(b), float(ms)) for b, ms in items)))
+
+    def observed(self, batches: Sequence[tuple[int, float]]) -> Curve:
+        """This curve's shape with the times a running fleet actually took, e.g. its own batch
+        log lines: each (texts, ms) batch becomes a factor against this curve, and every
+        simulated batch draws one (a shared host's contention and its variance, which an idle
+        measurement misses; the shape stays the idle curve's, measured at every size)."""
+        if not batches:
+            raise ValueError("no batches to scale the curve by")
+        return Curve(self.points, tuple(float(ms) / self.ms(int(texts)) for texts, ms in batches))
+
+    def draw(self, texts: int, rng: random.Random) -> float:
+        """One batch's ms: the curve's, times a measured factor when there are some."""
+        base = self.ms(texts)
+        return base * rng.choice(self.spread) if self.spread else base
 
     def ms(self, texts: int) -> float:
         pts = self.points
@@ -145,6 +162,7 @@ def simulate(curve: Curve, fleet: Fleet, rate: float, *, requests: int = 4000, s
         arrivals.append(t)
     queue = _Queue(arrivals)
     workers = [_SimWorker(queue, fleet) for _ in range(fleet.workers)]
+    draws = random.Random(seed + 1)
     heap = [(0.0, i) for i in range(fleet.workers)]
     out = Outcome()
     answered = 0
@@ -153,7 +171,7 @@ def simulate(curve: Curve, fleet: Fleet, rate: float, *, requests: int = 4000, s
         w = workers[i]
         batch = w.batcher.next_batch(block=0.5)
         if batch:
-            encode_s = curve.ms(len(batch)) / 1000.0
+            encode_s = curve.draw(len(batch), draws) / 1000.0
             w.now += encode_s
             out.busy_s += encode_s
             out.batches += 1
