@@ -168,12 +168,17 @@ class Batcher(Generic[T]):
 
         add((), 0.0)  # carried-over items first
         arrived = 0
+        # the last take got fewer than it asked for and no time was spent since: the queue was
+        # empty a moment ago, so a batch that will not wait goes without asking again (one
+        # round trip less per batch; a lone question at idle is taken once)
+        drained = False
         if not items:
             got = self.source.take(self.policy.max_batch, block=block)
             if not got:
                 if block > 0:  # a real idle wait: whoever sent the last batch is not coming back
                     self._last_count = 0
                 return []
+            drained = len(got) < self.policy.max_batch
             now = self.clock()
             if now - started > BLOCKED_S:  # nothing was queued: these just arrived
                 arrived = len(got)
@@ -193,7 +198,11 @@ class Batcher(Generic[T]):
                     arrived=arrived,
                 )
             )
-            got = self.source.take(self.policy.max_batch - size, block=0)
+            if wait < MIN_WAIT_S and drained:
+                break
+            asked = self.policy.max_batch - size
+            got = self.source.take(asked, block=0)
+            drained = len(got) < asked
             if got:
                 last_arrival = self.clock()
                 arrived += len(got)
@@ -202,6 +211,7 @@ class Batcher(Generic[T]):
             if wait < MIN_WAIT_S:
                 break
             self.sleep(min(wait, self.poll_s))
+            drained = False  # requests may have come while sleeping
         self.last_wait_s = self.clock() - first_arrival
         self._last_count = len(items)
         return items

@@ -73,9 +73,18 @@ class Export:
         return str(self.manifest.get("sha256", ""))
 
 
+MEMO_MAX = 4096
+"""Texts whose tokens ``Tokens.counts`` keeps for the encode that follows (a worker holds a
+batch or two; past this the memo starts again, so a stray count never grows it)."""
+
+
 class Tokens:
     """The model's tokenizer (``tokenizers``, no transformers): ids, masks and type ids, padded,
-    cut to the model's window as sentence-transformers cuts them."""
+    cut to the model's window as sentence-transformers cuts them.
+
+    The worker counts a request's tokens when it takes it (for its cost and window checks), then
+    encodes it: a text within the window tokenizes the same cut or uncut, so ``counts`` keeps
+    those and ``batch`` uses them instead of tokenizing the text a second time."""
 
     def __init__(self, path: Path, config: ModelConfig, input_names: Sequence[str], pad_id: int) -> None:
         from tokenizers import Tokenizer
@@ -92,6 +101,7 @@ class Tokens:
             self.cut.enable_truncation(max_length=config.max_seq_length)
         else:
             self.cut.no_truncation()
+        self._memo: dict[str, Any] = {}
 
     def prepare(self, texts: Sequence[str]) -> list[str]:
         """As sentence-transformers prepares texts: stripped, lowercased if the model says so."""
@@ -99,8 +109,17 @@ class Tokens:
         return [t.lower() for t in out] if self.config.lowercase else out
 
     def counts(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text, uncut, special tokens included."""
-        return [len(e.ids) for e in self.uncut.encode_batch(self.prepare(texts))]
+        """Tokens per text, uncut, special tokens included (those within the window are kept for
+        the encode: see the class)."""
+        prepared = self.prepare(texts)
+        encodings = self.uncut.encode_batch(prepared)
+        window = self.config.max_seq_length
+        if len(self._memo) + len(prepared) > MEMO_MAX:
+            self._memo.clear()
+        for text, e in zip(prepared, encodings, strict=True):
+            if not window or len(e.ids) <= window:
+                self._memo[text] = e
+        return [len(e.ids) for e in encodings]
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The token ids of each text as the model is fed them: prepared, cut, unpadded."""
@@ -123,7 +142,11 @@ class Tokens:
 
     def batch(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The model's inputs for ``texts``: int64 matrices padded to the longest."""
-        encodings = self.cut.encode_batch(self.prepare(texts))
+        prepared = self.prepare(texts)
+        kept = [self._memo.pop(t, None) for t in prepared]
+        missing = [t for t, e in zip(prepared, kept, strict=True) if e is None]
+        fresh = iter(self.cut.encode_batch(missing) if missing else [])
+        encodings = [e if e is not None else next(fresh) for e in kept]
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)

@@ -212,3 +212,31 @@ def test_bf16_is_served_only_past_its_fidelity_gate_under_its_own_fingerprint(ex
     exact._run = run
     exact._gate_bf16(exported / "probes.json", 0.9999)  # f32 against itself: cosine 1
     assert exact.fidelity is not None and exact.fidelity > 0.99999
+
+
+def test_tokens_counted_at_take_are_the_ones_encoded(exported: Path) -> None:
+    """The worker counts a request's tokens when it takes it; the encode reuses those within the
+    window instead of tokenizing again: the model's inputs must not change by it, at or over the
+    window, nor when a text was counted and never encoded."""
+    import numpy as np
+
+    from embedq.worker import onnx_encoder
+    from embedq.worker.onnx_encoder import OnnxEncoder
+
+    encoder = OnnxEncoder(exported)
+    tokens = encoder.tokens
+    texts = [*RECORD_QUERIES[:3], RECORD_LONG_TEXT * 40, "  Mixed 한국어 text\uff1afull-width  "]
+    kinds = ["query", "query", "passage", "passage", "query"]
+    inputs = encoder._inputs(texts, kinds)
+    fresh = tokens.batch(inputs)  # nothing counted: every text tokenized here
+    counts = encoder.token_counts(texts, kinds)
+    assert counts[3] > 256 and len(tokens._memo) == len(texts) - 1  # the one over the window is not kept
+    reused = tokens.batch(inputs)
+    assert tokens._memo == {}
+    assert fresh.keys() == reused.keys()
+    for name in fresh:
+        np.testing.assert_array_equal(fresh[name], reused[name])
+    assert np.array_equal(encoder.encode(texts, kinds), encoder.encode(texts, kinds))
+    for i in range(onnx_encoder.MEMO_MAX // 2 + 1):  # counted and never encoded (a refused request)
+        encoder.token_counts([f"{i}", f"{i}!"], ["query", "query"])
+    assert len(tokens._memo) <= onnx_encoder.MEMO_MAX

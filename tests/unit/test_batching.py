@@ -161,6 +161,30 @@ def test_zero_wait_takes_only_what_is_queued() -> None:
     assert batcher.next_batch(block=1.0) == ["c"]
 
 
+def test_a_batch_that_will_not_wait_asks_the_queue_once() -> None:
+    # each take is a Redis round trip: a queue just drained is not asked again at once
+    batcher, source, _ = make([(0.0, ["a", "b"]), (0.001, ["c"])], wait=0.0)
+    assert batcher.next_batch(block=1.0) == ["a", "b"]
+    assert source.takes == [(8, 1.0)]
+    lone, source, _ = make([(0.5, ["a"])], policy=ADAPTIVE)
+    assert lone.next_batch(block=1.0) == ["a"]
+    assert source.takes == [(8, 1.0)]
+
+
+def test_a_take_that_filled_its_limit_is_followed_by_another() -> None:
+    # eight requests taken, four of them refused (no texts): the queue may hold more, so ask
+    batcher, source, _ = make([(0.0, ["bad"] * 4 + ["a", "b", "c", "d", "e", "f"])], wait=0.0)
+    assert batcher.next_batch(block=1.0) == ["bad"] * 4 + ["a", "b", "c", "d", "e", "f"]
+    assert source.takes == [(8, 1.0), (4, 0)]
+
+
+def test_the_window_ends_with_a_last_look_at_the_queue() -> None:
+    # a request that came during the last poll interval still joins
+    batcher, _, clock = make([(0.0, ["a"]), (0.0495, ["b"])], wait=0.05)
+    assert batcher.next_batch(block=1.0) == ["a", "b"]
+    assert clock.now >= 0.0495
+
+
 def test_multi_text_request_that_does_not_fit_leads_the_next_batch() -> None:
     batcher, _, _ = make([(0.0, ["a/5", "b/5", "c/1"])])
     assert batcher.next_batch(block=1.0) == ["a/5"]

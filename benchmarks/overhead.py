@@ -1,0 +1,281 @@
+"""Where a lone question's time goes: the queue's own cost, stage by stage, against the encode.
+
+    .venv/bin/python benchmarks/overhead.py [--questions 300] [--idle-ms 20] [--out DIR]
+
+Exports the bundled all-MiniLM-L6-v2 to ONNX (a temporary folder, removed after), then runs a
+real Redis, the real worker loop (``Worker.serve_once``, ONNX Runtime, 2 threads) in a process of
+its own, and a real ``EmbeddingClient`` in this one. Every Redis command of both sides and every
+encode is timestamped on ``time.perf_counter`` (CLOCK_MONOTONIC: one clock for every process of
+the machine), and each lone question is cut into stages:
+
+    producer          the call's start -> its enqueue script is sent (build, pack)
+    enqueue + take    -> the worker's take script returned (the enqueue script ran, the worker's
+                         blocking pop woke on its token, the take script ran)
+    admit             -> the encode starts (gathering, parse, model check, token count, deadline)
+    encode            the encoder call (tokenize, ONNX Runtime, pool, normalize)
+    reply             -> the worker sends its finish script (outcomes, pack)
+    finish + producer wake
+                      -> the call returned (the script ran, the producer's blocking pop woke,
+                         unpack, checks)
+
+Interleaved with each queued question, the same encode in-process (``encoder.encode``, batch 1,
+after the same idle pause). Prints p50 per stage and the lone-question cost against in-process;
+writes overhead.md/json to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from embedq import EmbeddingClient
+from embedq.stats import percentile
+from embedq.tools.local import RedisServer, bundled_model_path
+from embedq.tools.record import RECORD_QUERIES
+from embedq.worker.export import export
+from embedq.worker.loop import Worker
+from embedq.worker.onnx_encoder import OnnxEncoder
+from embedq.worker.settings import Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+QUEUE = "overhead:requests"
+STAGES = ("producer", "enqueue + take", "admit", "encode", "reply", "finish + producer wake")
+
+Event = tuple[str, str, float, float]
+"""(side, what, start, end) on ``time.perf_counter``."""
+
+
+class Recorder:
+    """Timestamps of every Redis command of one client and of every encode, appended in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.lock = threading.Lock()
+
+    def watch(self, side: str, client: redis.Redis) -> None:
+        """Time every command ``client`` sends (scripts included: they go through here)."""
+        inner = client.execute_command
+
+        def timed(*args: Any, **options: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **options)
+            finally:
+                self.add(side, str(args[0]).upper(), started, time.perf_counter())
+
+        client.execute_command = timed  # type: ignore[method-assign]
+
+    def wrap(self, side: str, what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(side, what, started, time.perf_counter())
+
+        return timed
+
+    def add(self, side: str, what: str, start: float, end: float) -> None:
+        with self.lock:
+            self.events.append((side, what, start, end))
+
+    def since(self, t: float) -> list[Event]:
+        with self.lock:
+            return [e for e in self.events if e[2] >= t]
+
+
+def serve(target: str, url: str, stop: Any, ready: Any, events_path: str) -> None:
+    """The worker process: the real loop on one ONNX export, every command and encode timed;
+    its events are written to ``events_path`` when ``stop`` is set."""
+    recorder = Recorder()
+    encoder = OnnxEncoder(Path(target), threads=2)
+    settings = Settings(redis_url=url, queue=QUEUE, worker_id="overhead", model=target)
+    client = redis.Redis.from_url(url)
+    recorder.watch("worker", client)
+    worker = Worker(settings, encoder, client)
+    worker.warm_up()
+    worker.encoder.encode = recorder.wrap("worker", "encode", encoder.encode)  # type: ignore[method-assign]
+    ready.set()
+    while not stop.is_set():
+        worker.serve_once(block=0.2)
+    Path(events_path).write_text(json.dumps(recorder.events))
+
+
+def throughput(
+    client: EmbeddingClient, local: OnnxEncoder, texts: list[str], seconds: float, producers: int
+) -> dict[str, float]:
+    """Texts per second: ``producers`` threads of this process each asking one question at a time
+    through the queue (a chatbot API's threads), then the same encoder in-process on batches of 8,
+    one after another (the queue's ceiling)."""
+    done = [0] * producers
+    halt = threading.Event()
+
+    def ask(k: int) -> None:
+        i = k
+        while not halt.is_set():
+            client.embed([texts[i % len(texts)]])
+            done[k] += 1
+            i += producers
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(producers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # warm-up: counted from here
+    before, started = sum(done), time.perf_counter()
+    time.sleep(seconds)
+    queued = (sum(done) - before) / (time.perf_counter() - started)
+    halt.set()
+    for thread in threads:
+        thread.join()
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds / 2:
+        local.encode([texts[(n + k) % len(texts)] for k in range(8)], ["query"] * 8)
+        n += 8
+    inproc = n / (time.perf_counter() - started)
+    return {"queue_texts_per_s": round(queued, 1), "inproc_batch8_texts_per_s": round(inproc, 1)}
+
+
+def stages(events: list[Event], start: float, end: float) -> dict[str, float] | None:
+    """One question's stages (ms) from the events of its call, or None if they do not line up."""
+    mine = [e for e in events if start <= e[2] <= end]
+    enqueue = next((e for e in mine if e[0] == "producer" and e[1] == "EVALSHA"), None)
+    encode = next((e for e in mine if e[0] == "worker" and e[1] == "encode"), None)
+    if enqueue is None or encode is None:
+        return None
+    # the take that got the question began after the enqueue did (it may begin before the
+    # producer has the enqueue's answer: Redis wakes the worker's blocking pop first)
+    scripts = [e for e in mine if e[0] == "worker" and e[1] == "EVALSHA"]
+    takes = [e for e in scripts if e[2] >= enqueue[2] and e[3] <= encode[2]]
+    replies = [e for e in scripts if e[2] >= encode[3]]
+    if not takes or not replies:
+        return None
+    take, finish = takes[0], replies[0]
+    ms = 1000.0
+    return {
+        "producer": (enqueue[2] - start) * ms,
+        "enqueue + take": (take[3] - enqueue[2]) * ms,
+        "admit": (encode[2] - take[3]) * ms,
+        "encode": (encode[3] - encode[2]) * ms,
+        "reply": (finish[2] - encode[3]) * ms,
+        "finish + producer wake": (end - finish[2]) * ms,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--questions", type=int, default=300)
+    parser.add_argument("--idle-ms", type=float, default=20.0, help="pause before each question")
+    parser.add_argument("--load-s", type=float, default=10.0, help="seconds of closed-loop load")
+    parser.add_argument("--producers", type=int, default=10, help="producer threads of the load")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    recorder = Recorder()
+    server = RedisServer()
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="embedq-overhead-") as folder:
+        target = Path(folder) / "onnx"
+        export(str(bundled_model_path()), target)
+        events_path = str(Path(folder) / "worker-events.json")
+        stop, ready = context.Event(), context.Event()
+        process = context.Process(target=serve, args=(str(target), server.url, stop, ready, events_path))
+        process.start()
+        if not ready.wait(120):
+            raise SystemExit("the worker process did not start")
+        client = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=5.0)
+        recorder.watch("producer", client.redis)
+        local = OnnxEncoder(target, threads=2)
+        texts = [RECORD_QUERIES[i % len(RECORD_QUERIES)] + f" {i}" for i in range(args.questions + 20)]
+        calls: list[tuple[float, float, float]] = []
+        try:
+            for text in texts:
+                time.sleep(args.idle_ms / 1000)
+                started = time.perf_counter()
+                local.encode([text], ["query"])
+                alone = (time.perf_counter() - started) * 1000
+                time.sleep(args.idle_ms / 1000)
+                start = time.perf_counter()
+                client.embed([text])
+                calls.append((start, time.perf_counter(), alone))
+            load = throughput(client, local, texts, args.load_s, args.producers)
+        finally:
+            stop.set()
+            process.join(30)
+            server.stop()
+        events = recorder.events + [tuple(e) for e in json.loads(Path(events_path).read_text())]
+    events.sort(key=lambda e: e[2])
+    rows: list[dict[str, float]] = []
+    inproc: list[float] = []
+    queued: list[float] = []
+    trips: list[int] = []
+    for start, end, alone in calls[20:]:  # after warm-up
+        mine = [e for e in events if start <= e[2] <= end]
+        split = stages(mine, start, end)
+        if split is not None:
+            rows.append(split)
+            inproc.append(alone)
+            queued.append((end - start) * 1000)
+            trips.append(sum(1 for e in mine if e[0] == "worker" and e[1] != "encode"))
+    p50 = {s: statistics.median(r[s] for r in rows) for s in STAGES}
+    result: dict[str, Any] = {
+        "questions": len(rows),
+        "worker_commands_p50": statistics.median(trips),
+        **load,
+        "idle_ms": args.idle_ms,
+        "stages_p50_ms": {s: round(v, 3) for s, v in p50.items()},
+        "queued_p50_ms": round(statistics.median(queued), 3),
+        "queued_p95_ms": round(percentile(sorted(queued), 95), 3),
+        "inproc_p50_ms": round(statistics.median(inproc), 3),
+        "inproc_p95_ms": round(percentile(sorted(inproc), 95), 3),
+        "queue_cost_p50_ms": round(
+            statistics.median(q - e["encode"] for q, e in zip(queued, rows, strict=True)), 3
+        ),
+    }
+    lines = [
+        "# A lone question: where the time goes",
+        "",
+        f"`benchmarks/overhead.py --questions {args.questions} --idle-ms {args.idle_ms:g}`: all-MiniLM-L6-v2 "
+        "exported to ONNX, ONNX Runtime 2 threads, the worker loop in a process of its own, one clock "
+        f"for both, a real Redis; {len(rows)} lone questions, each after {args.idle_ms:g} ms idle, "
+        "interleaved with the same encode in-process.",
+        "",
+        "| stage | p50 ms |",
+        "|---|---:|",
+        *[f"| {s} | {p50[s]:.3f} |" for s in STAGES],
+        f"| **the queue's own cost** (everything but the encode; p50 per question) | "
+        f"**{result['queue_cost_p50_ms']:.3f}** |",
+        "",
+        f"Lone question through the queue: p50 {result['queued_p50_ms']:.2f} ms, p95 "
+        f"{result['queued_p95_ms']:.2f} ms; the same encode in-process (batch 1): p50 "
+        f"{result['inproc_p50_ms']:.2f} ms, p95 {result['inproc_p95_ms']:.2f} ms. The worker sent "
+        f"{result['worker_commands_p50']:g} Redis commands per lone question (p50).",
+        "",
+        f"{args.producers} producer threads in one process, one question each at a time: "
+        f"{load['queue_texts_per_s']:.1f} texts/s through the queue; the same encoder in-process on "
+        f"batches of 8: {load['inproc_batch8_texts_per_s']:.1f} texts/s "
+        f"({load['queue_texts_per_s'] / load['inproc_batch8_texts_per_s']:.2f}x).",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "overhead.md").write_text(text)
+        (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
