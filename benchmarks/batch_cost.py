@@ -22,11 +22,11 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from embedq import EmbeddingClient
 from embedq.tools.local import RedisServer, bundled_model_path
 from embedq.tools.record import RECORD_QUERIES
+from embedq.tools.timeline import Recorder
 from embedq.worker.export import export
 from embedq.worker.loop import Worker
 from embedq.worker.onnx_encoder import OnnxEncoder
@@ -45,50 +45,32 @@ def main() -> int:
     args = parser.parse_args()
 
     server = RedisServer()
-    redis_s: list[float] = []
-    encode_s: list[float] = []
+    recorder = Recorder()
     with tempfile.TemporaryDirectory(prefix="embedq-batch-cost-") as folder:
         target = Path(folder) / "onnx"
         export(str(bundled_model_path()), target)
         encoder = OnnxEncoder(target, threads=2)
         settings = Settings(redis_url=server.url, queue=QUEUE, worker_id="batch-cost", model=str(target))
         client = server.client()
-        command = client.execute_command
-
-        def timed_command(*parts: Any, **options: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return command(*parts, **options)
-            finally:
-                redis_s.append(time.perf_counter() - started)
-
-        client.execute_command = timed_command  # type: ignore[method-assign]
+        recorder.watch("worker", client)
         worker = Worker(settings, encoder, client)
         worker.warm_up()
-        encode = encoder.encode
-
-        def timed_encode(*parts: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return encode(*parts)
-            finally:
-                encode_s.append(time.perf_counter() - started)
-
-        worker.encoder.encode = timed_encode  # type: ignore[method-assign]
+        worker.encoder.encode = recorder.wrap("worker", "encode", encoder.encode)
         producer = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=30.0, max_queue=None)
         turns: list[tuple[float, float, float, int]] = []
         try:
             for i in range(args.batches + 50):
                 call = producer.call([f"{RECORD_QUERIES[i % len(RECORD_QUERIES)]} {i}"], "query")
                 producer.send(call, limit=1)
-                redis_s.clear()
-                encode_s.clear()
-                started = time.perf_counter()
+                mark, started = len(recorder.events), time.perf_counter()
                 if worker.serve_once(block=1.0) != 1:
                     raise SystemExit("the worker did not take the question")
                 total = time.perf_counter() - started
+                turn = recorder.events[mark:]
+                encode = sum(end - start for _, what, start, end in turn if what == "encode")
+                commands = [end - start for _, what, start, end in turn if what != "encode"]
                 if i >= 50:  # after warm-up
-                    turns.append((total, sum(encode_s), sum(redis_s), len(redis_s)))
+                    turns.append((total, encode, sum(commands), len(commands)))
                 producer.wait(call)
         finally:
             server.stop()

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/overhead.py [--questions 300] [--idle-ms 20] [--out DIR]
 
-Exports the bundled all-MiniLM-L6-v2 to ONNX (a temporary folder, removed after), then runs a
+Exports the bundled all-MiniLM-L6-v2 to ONNX (a temporary folder, removed after; ``--export DIR``
+serves an export made earlier, e.g. of an e5-large-shaped model), then runs a
 real Redis, the real worker loop (``Worker.serve_once``, ONNX Runtime, 2 threads) in a process of
 its own, and a real ``EmbeddingClient`` in this one. Every Redis command of both sides and every
 encode is timestamped on ``time.perf_counter`` (CLOCK_MONOTONIC: one clock for every process of
@@ -33,7 +34,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from embedq import EmbeddingClient
 from embedq.stats import percentile
 from embedq.tools.local import RedisServer, bundled_model_path
 from embedq.tools.record import RECORD_QUERIES
+from embedq.tools.timeline import Event, Recorder
 from embedq.worker.export import export
 from embedq.worker.loop import Worker
 from embedq.worker.onnx_encoder import OnnxEncoder
@@ -51,48 +52,6 @@ from embedq.worker.settings import Settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUEUE = "overhead:requests"
 STAGES = ("producer", "enqueue + take", "admit", "encode", "reply", "finish + producer wake")
-
-Event = tuple[str, str, float, float]
-"""(side, what, start, end) on ``time.perf_counter``."""
-
-
-class Recorder:
-    """Timestamps of every Redis command of one client and of every encode, appended in order."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-
-    def watch(self, side: str, client: redis.Redis) -> None:
-        """Time every command ``client`` sends (scripts included: they go through here)."""
-        inner = client.execute_command
-
-        def timed(*args: Any, **options: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return inner(*args, **options)
-            finally:
-                self.add(side, str(args[0]).upper(), started, time.perf_counter())
-
-        client.execute_command = timed  # type: ignore[method-assign]
-
-    def wrap(self, side: str, what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.add(side, what, started, time.perf_counter())
-
-        return timed
-
-    def add(self, side: str, what: str, start: float, end: float) -> None:
-        with self.lock:
-            self.events.append((side, what, start, end))
-
-    def since(self, t: float) -> list[Event]:
-        with self.lock:
-            return [e for e in self.events if e[2] >= t]
 
 
 def serve(target: str, url: str, stop: Any, ready: Any, events_path: str) -> None:
@@ -105,7 +64,7 @@ def serve(target: str, url: str, stop: Any, ready: Any, events_path: str) -> Non
     recorder.watch("worker", client)
     worker = Worker(settings, encoder, client)
     worker.warm_up()
-    worker.encoder.encode = recorder.wrap("worker", "encode", encoder.encode)  # type: ignore[method-assign]
+    worker.encoder.encode = recorder.wrap("worker", "encode", encoder.encode)
     ready.set()
     while not stop.is_set():
         worker.serve_once(block=0.2)
@@ -180,6 +139,9 @@ def main() -> int:
     parser.add_argument("--idle-ms", type=float, default=20.0, help="pause before each question")
     parser.add_argument("--load-s", type=float, default=10.0, help="seconds of closed-loop load")
     parser.add_argument("--producers", type=int, default=10, help="producer threads of the load")
+    parser.add_argument(
+        "--export", type=Path, help="serve this export (embedq-worker export) instead of the bundled model's"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -187,13 +149,14 @@ def main() -> int:
     server = RedisServer()
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="embedq-overhead-") as folder:
-        target = Path(folder) / "onnx"
-        export(str(bundled_model_path()), target)
+        target = args.export or Path(folder) / "onnx"
+        if args.export is None:
+            export(str(bundled_model_path()), target)
         events_path = str(Path(folder) / "worker-events.json")
         stop, ready = context.Event(), context.Event()
         process = context.Process(target=serve, args=(str(target), server.url, stop, ready, events_path))
         process.start()
-        if not ready.wait(120):
+        if not ready.wait(900):  # a large model's warm-up calibrates its cost model
             raise SystemExit("the worker process did not start")
         client = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=5.0)
         recorder.watch("producer", client.redis)
@@ -247,8 +210,9 @@ def main() -> int:
     lines = [
         "# A lone question: where the time goes",
         "",
-        f"`benchmarks/overhead.py --questions {args.questions} --idle-ms {args.idle_ms:g}`: all-MiniLM-L6-v2 "
-        "exported to ONNX, ONNX Runtime 2 threads, the worker loop in a process of its own, one clock "
+        f"`benchmarks/overhead.py --questions {args.questions} --idle-ms {args.idle_ms:g}`: "
+        f"{'the export at ' + str(args.export) if args.export else 'all-MiniLM-L6-v2 exported to ONNX'}, "
+        "ONNX Runtime 2 threads, the worker loop in a process of its own, one clock "
         f"for both, a real Redis; {len(rows)} lone questions, each after {args.idle_ms:g} ms idle, "
         "interleaved with the same encode in-process.",
         "",

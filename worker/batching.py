@@ -207,11 +207,9 @@ class Batcher(Generic[T]):
                 last_arrival = self.clock()
                 arrived += len(got)
                 add(got, last_arrival)
-                continue
-            if wait < MIN_WAIT_S:
-                break
-            self.sleep(min(wait, self.poll_s))
-            drained = False  # requests may have come while sleeping
+            elif wait >= MIN_WAIT_S:
+                self.sleep(min(wait, self.poll_s))
+                drained = False  # requests may have come while sleeping
         self.last_wait_s = self.clock() - first_arrival
         self._last_count = len(items)
         return items

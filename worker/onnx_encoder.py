@@ -14,9 +14,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 from .encoder import Prefixes, fingerprint, resolve_prefixes
 from .model_config import ModelConfig
@@ -101,7 +104,7 @@ class Tokens:
             self.cut.enable_truncation(max_length=config.max_seq_length)
         else:
             self.cut.no_truncation()
-        self._memo: dict[str, Any] = {}
+        self._memo: dict[str, Encoding] = {}
 
     def prepare(self, texts: Sequence[str]) -> list[str]:
         """As sentence-transformers prepares texts: stripped, lowercased if the model says so."""

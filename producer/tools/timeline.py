@@ -1,0 +1,44 @@
+"""A timeline of what one process sent to Redis and what its encoder did, for the benchmarks that
+split the queue's cost into stages (``benchmarks/overhead.py``, ``benchmarks/batch_cost.py``).
+
+Every event is stamped on ``time.perf_counter``, which on Linux is CLOCK_MONOTONIC: one clock for
+every process of the machine, so a producer's and a worker's timelines can be merged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Event = tuple[str, str, float, float]
+"""(side, what, start, end): ``what`` is a Redis command's name (EVALSHA, BLPOP...) or a label."""
+
+
+class Recorder:
+    """Events of one or more clients and functions, appended in the order they end."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def wrap(self, side: str, what: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, timed as ``what`` (None: its first argument, upper-cased: a command's name)."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                name = what if what is not None else str(args[0]).upper()
+                event = (side, name, started, time.perf_counter())
+                with self._lock:
+                    self.events.append(event)
+
+        return timed
+
+    def watch(self, side: str, client: Any) -> None:
+        """Time every command a redis-py ``client`` sends (scripts included: they go through
+        ``execute_command`` too)."""
+        client.execute_command = self.wrap(side, None, client.execute_command)
