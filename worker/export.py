@@ -16,6 +16,7 @@ Needs the ``export`` extra (torch, sentence-transformers, onnx, onnxscript).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -78,6 +79,9 @@ def export(
     source = _source_dir(model)
     config = read_model_config(source)  # refuses module types the torch-free path does not implement
     reference = SentenceTransformerEncoder(str(source) if Path(model).is_dir() else model, threads=2)
+    # the window is the one the torch path cuts at (sentence-transformers may take it from the
+    # tokenizer's config, or a default), whatever the files say
+    config = dataclasses.replace(config, max_seq_length=reference.max_tokens)
     if not (source / TOKENIZER_FILE).is_file():
         raise ExportError(
             f"{source} has no {TOKENIZER_FILE} (a fast tokenizer): it cannot be served without torch"

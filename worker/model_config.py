@@ -15,6 +15,17 @@ POOLING = "Pooling"
 NORMALIZE = "Normalize"
 SUPPORTED_MODULES = (TRANSFORMER, POOLING, NORMALIZE)
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+LEGACY_POOLING_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+"""Pooling flags of configs saved before sentence-transformers 6, by the mode they turn on."""
+LEGACY_MODE_NAMES = {"mean_sqrt_len_tokens": "mean_sqrt_len"}
+"""sentence-transformers 6's mode names where they differ from ours."""
+UNBOUNDED = 1_000_000
+"""A tokenizer ``model_max_length`` at or past this is transformers' "no limit" placeholder."""
 
 
 class ModelConfigError(ValueError):
@@ -65,6 +76,20 @@ def _read(path: Path) -> Any:
         raise ModelConfigError(f"cannot read {path}: {exc}") from None
 
 
+def _pooling_modes(pooling: dict[str, Any]) -> list[str]:
+    """The pooling modes a Pooling config turns on, in either format: sentence-transformers 6's
+    ``pooling_mode`` (a name or a list) or the earlier ``pooling_mode_*`` flags."""
+    if "pooling_mode" in pooling:
+        named = pooling["pooling_mode"]
+        names = [named] if isinstance(named, str) else list(named or [])
+        return [LEGACY_MODE_NAMES.get(str(n), str(n)) for n in names]
+    return [
+        LEGACY_POOLING_FLAGS.get(k, k.removeprefix("pooling_mode_"))
+        for k, v in pooling.items()
+        if k.startswith("pooling_mode_") and v
+    ]
+
+
 def read_model_config(directory: str | Path) -> ModelConfig:
     """The config of the sentence-transformers model saved in ``directory``."""
     root = Path(directory)
@@ -80,17 +105,8 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         )
     pooling_dir = root / str(modules[1].get("path") or "1_Pooling")
     pooling = _read(pooling_dir / "config.json") or {}
-    modes = [
-        m
-        for m in POOLING_MODES
-        if pooling.get(f"pooling_mode_{m}_tokens" if m != "cls" else "pooling_mode_cls_token")
-    ]
-    others = [
-        k
-        for k, v in pooling.items()
-        if k.startswith("pooling_mode_") and v and not any(m in k for m in modes)
-    ]
-    if len(modes) != 1 or others:
+    modes = _pooling_modes(pooling)
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise ModelConfigError(
             f"{pooling_dir}: pooling {pooling}; the torch-free encoder implements exactly one of "
             f"{', '.join(POOLING_MODES)}. Serve this model with EMBED_BACKEND=torch"
@@ -102,13 +118,17 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         )
     bert = _read(root / "sentence_bert_config.json") or {}
     st = _read(root / "config_sentence_transformers.json") or {}
-    dim = pooling.get("word_embedding_dimension")
+    dim = pooling.get("embedding_dimension", pooling.get("word_embedding_dimension"))
     if not isinstance(dim, int):
-        raise ModelConfigError(f"{pooling_dir}/config.json names no word_embedding_dimension")
+        raise ModelConfigError(f"{pooling_dir}/config.json names no embedding_dimension")
+    window = bert.get("max_seq_length")
+    if window is None:  # sentence-transformers 6 leaves the window to the tokenizer's config
+        window = (_read(root / "tokenizer_config.json") or {}).get("model_max_length")
+        window = window if isinstance(window, int) and window < UNBOUNDED else None
     return ModelConfig(
         pooling=modes[0],
         normalize=NORMALIZE in kinds,
-        max_seq_length=bert.get("max_seq_length"),
+        max_seq_length=window,
         lowercase=bool(bert.get("do_lower_case", False)),
         dim=dim,
         prompts={str(k): str(v) for k, v in (st.get("prompts") or {}).items()},
