@@ -569,3 +569,22 @@ def test_with_no_worker_the_job_says_so_and_fails_at_its_deadline(
     state = json.loads((tmp_path / "out" / "state.json").read_text())
     assert state["done"] == [] and not state["complete"]
     redis_server.client().delete("it-nobody:bulk")
+
+
+def test_a_bulk_worker_stops_at_once_even_after_losing_its_channel_subscription(
+    redis_server: RedisServer,
+) -> None:
+    # RQ stops its command-channel thread with redis-py's stop(), which joins it; a thread that
+    # lost its subscription waits up to 60 s for one, and the worker hung that long on exit
+    from embedq.bulk.rq_worker import bulk_worker
+
+    worker = bulk_worker(redis_server.client(), ["it-bulk-stop"])
+    worker.subscribe()
+    wait_until(lambda: worker.pubsub.subscribed, 5, "the channel subscription")
+    time.sleep(0.3)  # the thread is reading the channel
+    worker.pubsub.unsubscribe()  # it reads this and waits for a subscription again
+    wait_until(lambda: not worker.pubsub.subscribed, 5, "the subscription to go")
+    time.sleep(0.3)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 5
