@@ -1,15 +1,19 @@
-"""The worker's own cost per batch, warm: one lone question at a time, the loop driven by hand.
+"""The worker's own cost per batch, warm: one question per batch, the loop driven by hand.
 
-    .venv/bin/python benchmarks/batch_cost.py [--batches 1000] [--out FILE.json]
+    .venv/bin/python benchmarks/batch_cost.py [--batches 1000] [--mode busy|lone] [--out FILE.json]
 
-Exports the bundled all-MiniLM-L6-v2 to ONNX (a temporary folder, removed after), pushes one
-question with a real ``EmbeddingClient``, then runs one turn of the real worker loop
-(``Worker.serve_once``) on it, a thousand times. Each turn is split into the encode (the
-encoder call: tokenize, ONNX Runtime, pool, normalize), the worker's Redis commands (each timed
-around redis-py's ``execute_command``: the take and finish scripts, the background lane's take
-every ``EMBED_BULK_EVERY`` batches) and the rest: the worker's Python (parse, admission, token
-count, outcomes, pack, metrics). Prints the p50 of each, in ms, and the mean commands per turn.
-No idle pauses: this is the steady cost a busy worker pays per batch, not a lone question's
+Exports the bundled all-MiniLM-L6-v2 to ONNX (a temporary folder, removed after; ``--export DIR``
+serves an export made earlier), sends questions
+with a real ``EmbeddingClient`` and runs the real worker loop (``Worker.serve_once``) by hand,
+one batch per turn, a thousand times. ``--mode busy`` (the default): the next question is sent
+while the worker encodes the current one, so one is always waiting when a batch ends (a worker
+under load); ``--mode lone``: each question is sent after the worker finished the last one, and
+before its next turn. Each turn is split into the model's work (tokenizing, which the worker
+does once when it counts tokens at admission, and the encoder call: ONNX Runtime, pool,
+normalize: the same work an in-process encode does), the worker's Redis commands (each timed
+around redis-py's ``execute_command``) and the rest: the worker's Python (parse, admission,
+outcomes, pack, metrics). Prints the p50 of each, in ms, and the mean commands per turn. No
+idle pauses: this is the steady cost a busy worker pays per batch, not a lone question's
 wake-ups (``benchmarks/overhead.py`` measures those).
 """
 
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 from embedq import EmbeddingClient
+from embedq.call import Call
 from embedq.tools.local import RedisServer, bundled_model_path
 from embedq.tools.record import RECORD_QUERIES
 from embedq.tools.timeline import Recorder
@@ -41,37 +46,65 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--batches", type=int, default=1000)
+    parser.add_argument("--mode", choices=("busy", "lone"), default="busy")
+    parser.add_argument(
+        "--export", type=Path, help="serve this export (embedq-worker export) instead of the bundled model's"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
     server = RedisServer()
     recorder = Recorder()
     with tempfile.TemporaryDirectory(prefix="embedq-batch-cost-") as folder:
-        target = Path(folder) / "onnx"
-        export(str(bundled_model_path()), target)
+        target = args.export or Path(folder) / "onnx"
+        if args.export is None:
+            export(str(bundled_model_path()), target)
         encoder = OnnxEncoder(target, threads=2)
         settings = Settings(redis_url=server.url, queue=QUEUE, worker_id="batch-cost", model=str(target))
         client = server.client()
         recorder.watch("worker", client)
         worker = Worker(settings, encoder, client)
         worker.warm_up()
-        worker.encoder.encode = recorder.wrap("worker", "encode", encoder.encode)
+        model_work = ("encode", "tokenize")
         producer = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=30.0, max_queue=None)
+        total_turns = args.batches + 50
+        calls: list[Call] = []
+        sent = 0
+
+        def send_next() -> None:
+            nonlocal sent
+            call = producer.call([f"{RECORD_QUERIES[sent % len(RECORD_QUERIES)]} {sent}"], "query")
+            calls.append(call)
+            producer.send(call, limit=1)
+            sent += 1
+
+        encode = recorder.wrap("worker", "encode", encoder.encode)
+        queue_next = recorder.wrap("harness", "send", send_next)
+
+        def encode_and_send(texts: list[str], kinds: list[str]) -> object:
+            if args.mode == "busy" and sent < total_turns:
+                queue_next()  # the next question arrives while this one is encoded
+            return encode(texts, kinds)
+
+        worker.encoder.encode = encode_and_send
+        worker.encoder.token_counts = recorder.wrap("worker", "tokenize", encoder.token_counts)
         turns: list[tuple[float, float, float, int]] = []
         try:
-            for i in range(args.batches + 50):
-                call = producer.call([f"{RECORD_QUERIES[i % len(RECORD_QUERIES)]} {i}"], "query")
-                producer.send(call, limit=1)
+            for i in range(total_turns):
+                if sent <= i:
+                    send_next()
                 mark, started = len(recorder.events), time.perf_counter()
                 if worker.serve_once(block=1.0) != 1:
                     raise SystemExit("the worker did not take the question")
                 total = time.perf_counter() - started
                 turn = recorder.events[mark:]
-                encode = sum(end - start for _, what, start, end in turn if what == "encode")
-                commands = [end - start for _, what, start, end in turn if what != "encode"]
+                model = sum(end - start for side, what, start, end in turn if what in model_work)
+                harness = sum(end - start for side, what, start, end in turn if side == "harness")
+                worker_side = [e for e in turn if e[0] == "worker" and e[1] not in model_work]
+                commands = [end - start for _, _, start, end in worker_side]
                 if i >= 50:  # after warm-up
-                    turns.append((total, encode, sum(commands), len(commands)))
-                producer.wait(call)
+                    turns.append((total - harness, model, sum(commands), len(commands)))
+                producer.wait(calls[i])
         finally:
             server.stop()
 
@@ -79,19 +112,20 @@ def main() -> int:
         return round(statistics.median(values) * 1000, 3)
 
     result = {
+        "mode": args.mode,
         "batches": len(turns),
         "turn_p50_ms": p50([t[0] for t in turns]),
-        "encode_p50_ms": p50([t[1] for t in turns]),
+        "model_p50_ms": p50([t[1] for t in turns]),
         "redis_p50_ms": p50([t[2] for t in turns]),
         "python_p50_ms": p50([t[0] - t[1] - t[2] for t in turns]),
         "own_cost_p50_ms": p50([t[0] - t[1] for t in turns]),
         "commands_per_batch": round(statistics.mean(t[3] for t in turns), 2),
     }
     print(
-        f"{result['batches']} batches of one question, p50 ms: turn {result['turn_p50_ms']}, encode "
-        f"{result['encode_p50_ms']}, the worker's own cost {result['own_cost_p50_ms']} (Redis "
-        f"{result['redis_p50_ms']} over {result['commands_per_batch']} commands, Python "
-        f"{result['python_p50_ms']})"
+        f"{result['batches']} batches of one question ({args.mode}), p50 ms: turn "
+        f"{result['turn_p50_ms']}, model (tokenize + encode) {result['model_p50_ms']}, the worker's "
+        f"own cost {result['own_cost_p50_ms']} (Redis {result['redis_p50_ms']} over "
+        f"{result['commands_per_batch']} commands, Python {result['python_p50_ms']})"
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

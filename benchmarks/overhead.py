@@ -12,16 +12,22 @@ the machine), and each lone question is cut into stages:
     producer          the call's start -> its enqueue script is sent (build, pack)
     enqueue + take    -> the worker's take script returned (the enqueue script ran, the worker's
                          blocking pop woke on its token, the take script ran)
-    admit             -> the encode starts (gathering, parse, model check, token count, deadline)
-    encode            the encoder call (tokenize, ONNX Runtime, pool, normalize)
+    admit             -> the encode starts (gathering, parse, model check, deadline), less the
+                         tokenizing
+    model             the tokenizing (done once, when the worker counts a request's tokens) and
+                      the encoder call (ONNX Runtime, pool, normalize): an in-process encode
+                      does the same work
     reply             -> the worker sends its finish script (outcomes, pack)
     finish + producer wake
                       -> the call returned (the script ran, the producer's blocking pop woke,
                          unpack, checks)
 
 Interleaved with each queued question, the same encode in-process (``encoder.encode``, batch 1,
-after the same idle pause). Prints p50 per stage and the lone-question cost against in-process;
-writes overhead.md/json to ``--out``.
+after the same idle pause), and the floor: the same five Redis events of a size-checked queue
+(an enqueue script with a wake token, a blocking pop on the token, a take script, a finish script
+writing the reply, the producer's blocking pop) between a bare redis-py producer and a bare
+worker process that does nothing else. Prints p50 per stage, the lone-question cost against
+in-process and the floor; writes overhead.md/json to ``--out``.
 """
 
 from __future__ import annotations
@@ -51,7 +57,56 @@ from embedq.worker.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUEUE = "overhead:requests"
-STAGES = ("producer", "enqueue + take", "admit", "encode", "reply", "finish + producer wake")
+STAGES = ("producer", "enqueue + take", "admit", "model", "reply", "finish + producer wake")
+MODEL_WORK = ("encode", "tokenize")
+BARE_QUEUE = "bare"
+BARE_ENQUEUE = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
+local n = redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('RPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], -64, -1)
+return n
+"""
+BARE_TAKE = """
+local t = redis.call('TIME')
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local out = {t[1], t[2]}
+if #items == 0 then return out end
+redis.call('LTRIM', KEYS[1], #items, -1)
+redis.call('RPUSH', KEYS[2], unpack(items))
+for _, v in ipairs(items) do table.insert(out, v) end
+return out
+"""
+BARE_FINISH = """
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], 60)
+redis.call('LREM', KEYS[1], 1, ARGV[2])
+return 1
+"""
+"""The floor's scripts: what any queue that checks a request before taking it, keeps it in a
+processing list until answered and answers on a reply key must do, and nothing else."""
+
+
+def bare_serve(url: str, stop: Any, ready: Any, reply_bytes: int) -> None:
+    """The floor's worker: wake on a token, take, answer with ``reply_bytes`` bytes."""
+    client = redis.Redis.from_url(url)
+    take, finish = client.register_script(BARE_TAKE), client.register_script(BARE_FINISH)
+    reply = b"v" * reply_bytes
+    ready.set()
+    while not stop.is_set():
+        if client.blpop([f"{BARE_QUEUE}:wake"], timeout=0.2) is None:
+            continue
+        for raw in take(keys=[BARE_QUEUE, f"{BARE_QUEUE}:processing"], args=[8])[2:]:
+            rid = bytes(raw).split(b"|", 1)[0].decode()
+            finish(keys=[f"{BARE_QUEUE}:processing", f"{BARE_QUEUE}:reply:{rid}"], args=[reply, raw])
+
+
+def bare_ask(client: redis.Redis, enqueue: Any, n: int, text: str) -> None:
+    """One question through the floor's queue."""
+    rid = f"q{n}"
+    enqueue(keys=[BARE_QUEUE, f"{BARE_QUEUE}:wake"], args=[10_000, f"{rid}|{text}".encode()])
+    if client.blpop([f"{BARE_QUEUE}:reply:{rid}"], timeout=5) is None:
+        raise SystemExit("the floor's worker did not answer")
 
 
 def serve(target: str, url: str, stop: Any, ready: Any, events_path: str) -> None:
@@ -65,6 +120,7 @@ def serve(target: str, url: str, stop: Any, ready: Any, events_path: str) -> Non
     worker = Worker(settings, encoder, client)
     worker.warm_up()
     worker.encoder.encode = recorder.wrap("worker", "encode", encoder.encode)
+    worker.encoder.token_counts = recorder.wrap("worker", "tokenize", encoder.token_counts)
     ready.set()
     while not stop.is_set():
         worker.serve_once(block=0.2)
@@ -120,12 +176,13 @@ def stages(events: list[Event], start: float, end: float) -> dict[str, float] | 
     if not takes or not replies:
         return None
     take, finish = takes[0], replies[0]
+    tokenize = sum(e[3] - e[2] for e in mine if e[0] == "worker" and e[1] == "tokenize")
     ms = 1000.0
     return {
         "producer": (enqueue[2] - start) * ms,
         "enqueue + take": (take[3] - enqueue[2]) * ms,
-        "admit": (encode[2] - take[3]) * ms,
-        "encode": (encode[3] - encode[2]) * ms,
+        "admit": (encode[2] - take[3] - tokenize) * ms,
+        "model": (encode[3] - encode[2] + tokenize) * ms,
         "reply": (finish[2] - encode[3]) * ms,
         "finish + producer wake": (end - finish[2]) * ms,
     }
@@ -161,37 +218,52 @@ def main() -> int:
         client = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=5.0)
         recorder.watch("producer", client.redis)
         local = OnnxEncoder(target, threads=2)
+        bare_ready = context.Event()
+        reply_bytes = 4 * local.dim + 200  # the vector and a reply's fields
+        bare = context.Process(target=bare_serve, args=(server.url, stop, bare_ready, reply_bytes))
+        bare.start()
+        if not bare_ready.wait(60):
+            raise SystemExit("the floor's worker did not start")
+        bare_client = redis.Redis.from_url(server.url)
+        bare_enqueue = bare_client.register_script(BARE_ENQUEUE)
         texts = [RECORD_QUERIES[i % len(RECORD_QUERIES)] + f" {i}" for i in range(args.questions + 20)]
-        calls: list[tuple[float, float, float]] = []
+        calls: list[tuple[float, float, float, float]] = []
         try:
-            for text in texts:
+            for n, text in enumerate(texts):
                 time.sleep(args.idle_ms / 1000)
                 started = time.perf_counter()
                 local.encode([text], ["query"])
                 alone = (time.perf_counter() - started) * 1000
                 time.sleep(args.idle_ms / 1000)
+                started = time.perf_counter()
+                bare_ask(bare_client, bare_enqueue, n, text)
+                floor = (time.perf_counter() - started) * 1000
+                time.sleep(args.idle_ms / 1000)
                 start = time.perf_counter()
                 client.embed([text])
-                calls.append((start, time.perf_counter(), alone))
+                calls.append((start, time.perf_counter(), alone, floor))
             load = throughput(client, local, texts, args.load_s, args.producers)
         finally:
             stop.set()
             process.join(30)
+            bare.join(30)
             server.stop()
         events = recorder.events + [tuple(e) for e in json.loads(Path(events_path).read_text())]
     events.sort(key=lambda e: e[2])
     rows: list[dict[str, float]] = []
     inproc: list[float] = []
     queued: list[float] = []
+    floors: list[float] = []
     trips: list[int] = []
-    for start, end, alone in calls[20:]:  # after warm-up
+    for start, end, alone, floor in calls[20:]:  # after warm-up
         mine = [e for e in events if start <= e[2] <= end]
         split = stages(mine, start, end)
         if split is not None:
             rows.append(split)
             inproc.append(alone)
+            floors.append(floor)
             queued.append((end - start) * 1000)
-            trips.append(sum(1 for e in mine if e[0] == "worker" and e[1] != "encode"))
+            trips.append(sum(1 for e in mine if e[0] == "worker" and e[1] not in MODEL_WORK))
     p50 = {s: statistics.median(r[s] for r in rows) for s in STAGES}
     result: dict[str, Any] = {
         "questions": len(rows),
@@ -204,9 +276,12 @@ def main() -> int:
         "inproc_p50_ms": round(statistics.median(inproc), 3),
         "inproc_p95_ms": round(percentile(sorted(inproc), 95), 3),
         "queue_cost_p50_ms": round(
-            statistics.median(q - e["encode"] for q, e in zip(queued, rows, strict=True)), 3
+            statistics.median(q - e["model"] for q, e in zip(queued, rows, strict=True)), 3
         ),
+        "floor_p50_ms": round(statistics.median(floors), 3),
+        "floor_p95_ms": round(percentile(sorted(floors), 95), 3),
     }
+    result["over_floor_p50_ms"] = round(result["queue_cost_p50_ms"] - result["floor_p50_ms"], 3)
     lines = [
         "# A lone question: where the time goes",
         "",
@@ -214,13 +289,16 @@ def main() -> int:
         f"{'the export at ' + str(args.export) if args.export else 'all-MiniLM-L6-v2 exported to ONNX'}, "
         "ONNX Runtime 2 threads, the worker loop in a process of its own, one clock "
         f"for both, a real Redis; {len(rows)} lone questions, each after {args.idle_ms:g} ms idle, "
-        "interleaved with the same encode in-process.",
+        "interleaved with the same encode in-process and with the floor (the same five Redis events "
+        "between bare redis-py processes that do nothing else).",
         "",
         "| stage | p50 ms |",
         "|---|---:|",
         *[f"| {s} | {p50[s]:.3f} |" for s in STAGES],
-        f"| **the queue's own cost** (everything but the encode; p50 per question) | "
+        f"| **the queue's own cost** (everything but the model's work; p50 per question) | "
         f"**{result['queue_cost_p50_ms']:.3f}** |",
+        f"| the floor: the same Redis events, bare (p50) | {result['floor_p50_ms']:.3f} |",
+        f"| embedq's cost over the floor | {result['over_floor_p50_ms']:.3f} |",
         "",
         f"Lone question through the queue: p50 {result['queued_p50_ms']:.2f} ms, p95 "
         f"{result['queued_p95_ms']:.2f} ms; the same encode in-process (batch 1): p50 "

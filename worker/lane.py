@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -56,47 +57,70 @@ class Taken:
         return len(self.request.texts) if self.request is not None else 0
 
 
-TAKE_SCRIPT = """
-local t = redis.call('TIME')
-local limit, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = {t[1], t[2], 0}
-local items = redis.call('LRANGE', KEYS[1], 0, limit - 1)
-if #items == 0 then return out end
-redis.call('LTRIM', KEYS[1], #items, -1)
-local keep, over = {}, {}
-for _, item in ipairs(items) do
-  if #item > cap then
-    table.insert(over, #item)
-    table.insert(over, string.sub(item, 1, tonumber(ARGV[5])))
-    local reason = string.gsub(string.gsub(ARGV[6], '{size}', #item), '{cap}', cap)
-    redis.call('LPUSH', KEYS[3], cmsgpack.pack({
-      code = 'request_too_large', worker = ARGV[3], raw = string.sub(item, 1, 256), raw_size = #item,
-      reason = reason}))
-  else
-    table.insert(keep, item)
+TAKE_LUA = """
+local function take(source, processing, dead, limit, cap, worker, dead_max, peek, message)
+  local keep, over = {}, {}
+  if limit <= 0 then return keep, over end
+  local items = redis.call('LRANGE', source, 0, limit - 1)
+  if #items == 0 then return keep, over end
+  redis.call('LTRIM', source, #items, -1)
+  for _, item in ipairs(items) do
+    if #item > cap then
+      table.insert(over, #item)
+      table.insert(over, string.sub(item, 1, peek))
+      local reason = string.gsub(string.gsub(message, '{size}', #item), '{cap}', cap)
+      redis.call('LPUSH', dead, cmsgpack.pack({
+        code = 'request_too_large', worker = worker, raw = string.sub(item, 1, 256), raw_size = #item,
+        reason = reason}))
+    else
+      table.insert(keep, item)
+    end
   end
+  if #over > 0 then redis.call('LTRIM', dead, 0, dead_max - 1) end
+  if #keep > 0 then redis.call('RPUSH', processing, unpack(keep)) end
+  return keep, over
 end
-if #over > 0 then redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1) end
-if #keep > 0 then redis.call('RPUSH', KEYS[2], unpack(keep)) end
-out[3] = #over / 2
-for _, v in ipairs(over) do table.insert(out, v) end
-for _, v in ipairs(keep) do table.insert(out, v) end
-return out
-"""
-"""Move up to ARGV[1] requests from a request list (KEYS[1]) to a processing list (KEYS[2]),
-FIFO, except those over ARGV[2] bytes: those go to the dead-letter list (KEYS[3], with the
-message ARGV[6]) and only their size and first ARGV[5] bytes come back. Returns Redis TIME, the
-oversized ones, then the rest."""
 
-FINISH_SCRIPT = """
+local function taken(keep, over, wake, online, bulk)
+  local t = redis.call('TIME')
+  local a, b = redis.call('LLEN', online), redis.call('LLEN', bulk)
+  if a + b == 0 then redis.call('DEL', wake) end
+  local out = {t[1], t[2], a, b, #over / 2}
+  for _, v in ipairs(over) do table.insert(out, v) end
+  for _, v in ipairs(keep) do table.insert(out, v) end
+  return out
+end
+"""
+"""Lua shared by the take and finish scripts. ``take`` moves up to ``limit`` requests from
+``source`` to ``processing``, FIFO, except those over ``cap`` bytes: those go to the dead-letter
+list with ``message`` and only their size and first ``peek`` bytes are kept. ``taken`` lays out
+what a take returns: Redis TIME, both lanes' depths after it, the oversized ones, then the rest;
+with both lanes empty it clears the wake list, whose tokens then stand for requests already taken
+(a later push leaves a new one), so no idle worker wakes for nothing."""
+
+TAKE_SCRIPT = (
+    TAKE_LUA
+    + """
+local keep, over = take(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3],
+  tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+return taken(keep, over, KEYS[4], KEYS[5], KEYS[6])
+"""
+)
+"""Move up to ARGV[1] requests from a request list (KEYS[1]) to a processing list (KEYS[2]),
+those over ARGV[2] bytes to the dead-letter list (KEYS[3]) instead; returns what ``taken`` lays
+out (KEYS[4] the wake list, KEYS[5] and KEYS[6] the online and bulk request lists)."""
+
+FINISH_SCRIPT = (
+    TAKE_LUA
+    + """
 local ttl, dead_max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n_reply, n_attempts = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n_done, n_retry, n_dead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local worker = ARGV[8]
-local i = 9
+local i = 14
 local failed = {}
 for k = 1, n_reply do
-  local key = KEYS[4 + k]
+  local key = KEYS[7 + k]
   local ok = redis.pcall('RPUSH', key, ARGV[i])
   if type(ok) == 'table' and ok.err then
     if string.sub(ok.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(ok.err) end
@@ -115,14 +139,22 @@ if n_retry > 0 then redis.call('RPUSH', KEYS[4], 1); redis.call('LTRIM', KEYS[4]
 local n_letters = n_dead - #failed
 for k = 1, n_letters do redis.call('LPUSH', KEYS[3], ARGV[i]); i = i + 1 end
 if n_dead > 0 then redis.call('LTRIM', KEYS[3], 0, dead_max - 1) end
-for k = 1, n_attempts do redis.call('DEL', KEYS[4 + n_reply + k]) end
-return failed
-""".replace("WAKE_MAX", str(WAKE_TOKENS_MAX))
+for k = 1, n_attempts do redis.call('DEL', KEYS[7 + n_reply + k]) end
+local limit = tonumber(ARGV[9])
+if ARGV[13] == '1' and redis.call('LLEN', KEYS[7]) > 0 then limit = 0 end
+local keep, over = take(KEYS[5], KEYS[6], KEYS[3], limit, tonumber(ARGV[10]), worker, dead_max,
+  tonumber(ARGV[11]), ARGV[12])
+return {failed, taken(keep, over, KEYS[4], KEYS[5], KEYS[7])}
+"""
+).replace("WAKE_MAX", str(WAKE_TOKENS_MAX))
 """Write replies with their expiry first (a reply key of the wrong type dead-letters that one
 request: the others still go), then drop answered requests from a processing list (KEYS[1]),
 requeue retries at the back of their request list (KEYS[2]) with a wake token (KEYS[4]), add
 dead letters (capped, KEYS[3]) and clear their attempt counters. Another error stops the script
-before its first write, so the worker can retry all of it. Returns the failed reply indexes."""
+before its first write, so the worker can retry all of it. Then, in the same step, take the next
+online batch: up to ARGV[9] requests from the online list (KEYS[5]) into its processing list
+(KEYS[6]), none when ARGV[13] is '1' (the background lane's turn) and the bulk list (KEYS[7])
+has work. Returns the failed reply indexes and what ``taken`` lays out for that take."""
 
 ATTEMPTS_SCRIPT = """
 local out = {}
@@ -157,6 +189,42 @@ class Scripts:
         self.put_back = client.register_script(PUT_BACK_SCRIPT)
 
 
+@dataclass
+class Depths:
+    """What the last script of this worker saw of both request lists, right after it ran:
+    enough to skip a take that would find nothing. A reading is good for the next decision only,
+    and only while fresh (``consume``); skipping a take on it never loses a request, since every
+    push leaves a wake token for the worker's blocking wait."""
+
+    online: int | None = None
+    bulk: int | None = None
+    at: float = 0.0
+    """Monotonic time of the reading."""
+
+    def saw(self, online: int, bulk: int) -> None:
+        """Both lanes' depths, just read by a script."""
+        self.online, self.bulk, self.at = online, bulk, time.monotonic()
+
+    def consume(self, fresh_s: float) -> tuple[int | None, int | None]:
+        """The last reading if it is at most ``fresh_s`` old (else None for both), forgotten
+        once read."""
+        seen = (self.online, self.bulk) if time.monotonic() - self.at <= fresh_s else (None, None)
+        self.online = self.bulk = None
+        return seen
+
+
+@dataclass(frozen=True)
+class NextTake:
+    """The online batch a finish script takes in the same round trip, for the next turn."""
+
+    limit: int
+    """Requests to take at most (0: none)."""
+    byte_cap: int
+    """Online requests over this many bytes are dead-lettered, not taken."""
+    unless_bulk: bool = False
+    """Take nothing if the background lane has work: its turn comes first."""
+
+
 class ReplyWriter:
     """Writes what became of a batch in one atomic script call (one round trip): used by a
     worker for its own processing lists, and by the reaper for a dead worker's."""
@@ -179,14 +247,18 @@ class ReplyWriter:
         done: Sequence[bytes] = (),
         retry: Sequence[bytes] = (),
         dead: Sequence[DeadLetter] = (),
-    ) -> list[int]:
+        then: NextTake | None = None,
+    ) -> tuple[list[int], list[Any]]:
         """Replies, removal of ``done`` from ``processing``, retries onto ``queue`` and dead
-        letters, atomically; returns the indexes of replies that could not be delivered (their
-        key held another type: dead-lettered instead)."""
+        letters, atomically, then (``then``) this worker's next online batch taken. Returns the
+        indexes of replies that could not be delivered (their key held another type:
+        dead-lettered instead) and the take's raw answer (``RedisQueue.read_take``)."""
         cleared = [d.request_id for d in dead if d.request_id]
-        keys = [processing, queue, self.keys.dead, self.keys.wake]
+        online, online_processing = self.keys.queue, self.keys.processing(self.worker)
+        keys = [processing, queue, self.keys.dead, self.keys.wake, online, online_processing, self.keys.bulk]
         keys += [self.keys.reply(r.id) for r in replies]
         keys += [self.keys.attempts(rid) for rid in cleared]
+        nxt = then or NextTake(0, 0)
         args: list[bytes | int | str] = [
             self.reply_ttl,
             self.dead_max,
@@ -196,11 +268,17 @@ class ReplyWriter:
             len(retry),
             len(dead),
             self.worker,
+            nxt.limit,
+            nxt.byte_cap,
+            PEEK_BYTES,
+            TOO_LARGE,
+            int(nxt.unless_bulk),
         ]
         args += [r.pack() for r in replies]
         args += [*done, *retry]
         args += [d.pack() for d in dead]
-        return [int(i) for i in self._scripts.finish(keys=keys, args=args)]
+        failed, took = self._scripts.finish(keys=keys, args=args)
+        return [int(i) for i in failed], took
 
     def count_attempts(self, request_ids: Sequence[str]) -> list[int]:
         """Add one failed attempt to each request; returns their totals."""
@@ -212,7 +290,8 @@ class ReplyWriter:
 
 class RedisQueue:
     """Takes requests from one request list (a lane: online or bulk) into this worker's
-    processing list for it, and answers them atomically."""
+    processing list for it, and answers them atomically. The lanes of one worker share its
+    Redis clock and its reading of both lanes' depths (``Depths``)."""
 
     def __init__(
         self,
@@ -224,6 +303,8 @@ class RedisQueue:
         reply_ttl: int,
         dead_max: int,
         bulk: bool = False,
+        clock: RedisClock | None = None,
+        depths: Depths | None = None,
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -235,8 +316,10 @@ class RedisQueue:
         self.dead_max = dead_max
         self.writer = ReplyWriter(client, keys, reply_ttl=reply_ttl, dead_max=dead_max, worker=worker_id)
         self._scripts = self.writer._scripts
-        self.clock = RedisClock()
-        """Redis time, measured again by every take (its script reads ``TIME``)."""
+        self.clock = clock or RedisClock()
+        """Redis time, measured again by every take and finish (their scripts read ``TIME``)."""
+        self.depths = depths or Depths()
+        """Both lanes' depths as the last take or finish saw them."""
 
     def take(self, limit: int, *, block: float) -> list[Taken]:
         """Up to ``limit`` requests, FIFO, in one round trip. ``block`` > 0: first wait up to
@@ -244,45 +327,56 @@ class RedisQueue:
         worker never receives a request through a blocking pop, which cannot check its size."""
         if block > 0 and self.redis.blpop([self.keys.wake], timeout=block) is None:
             return []
-        sent = time.monotonic()
+        sent, k = time.monotonic(), self.keys
         reply = self._scripts.take(
-            keys=[self.source, self.processing, self.keys.dead],
+            keys=[self.source, self.processing, k.dead, k.wake, k.queue, k.bulk],
             args=[limit, self.limits.byte_cap, self.worker_id, self.dead_max, PEEK_BYTES, TOO_LARGE],
         )
-        self.clock.update(reply[:2], sent, time.monotonic())
+        return self.read_take(reply, sent, time.monotonic(), self.limits)
+
+    def read_take(self, reply: Sequence[Any], sent: float, received: float, limits: Limits) -> list[Taken]:
+        """The requests of a take's answer (``taken`` in the scripts: Redis TIME, both lanes'
+        depths, the oversized ones, then the rest), parsed under ``limits``; notes the time
+        and the depths."""
+        self.clock.update(reply[:2], sent, received)
+        self.depths.saw(int(reply[2]), int(reply[3]))
         now = time_reply_ms(reply[:2])
-        n_over = int(reply[2])
+        n_over = int(reply[4])
         taken = []
         for k in range(n_over):
-            size, head = int(reply[3 + 2 * k]), bytes(reply[4 + 2 * k])
-            message = too_large_message(size, self.limits.byte_cap)
+            size, head = int(reply[5 + 2 * k]), bytes(reply[6 + 2 * k])
+            message = too_large_message(size, limits.byte_cap)
             rejected = Rejected("request_too_large", message, peek_id(head))
             taken.append(Taken(raw=head, taken_ms=now, rejected=rejected, held=False))
-        taken.extend(self._parse(raw, now) for raw in reply[3 + 2 * n_over :])
+        taken.extend(_parse(raw, now, limits) for raw in reply[5 + 2 * n_over :])
         return taken
 
     def now_ms(self) -> int:
-        """Redis time now, in ms (from the last take's ``TIME`` and this host's monotonic clock)."""
+        """Redis time now, in ms (from the last script's ``TIME`` and this host's monotonic clock)."""
         return self.clock.now_ms()
 
-    def _parse(self, raw: bytes, now: int) -> Taken:
-        try:
-            return Taken(raw=raw, taken_ms=now, request=parse_request(raw, self.limits))
-        except Rejected as rejected:
-            return Taken(raw=raw, taken_ms=now, rejected=rejected)
-
-    def finish(self, batch: Sequence[Taken], out: Outcomes) -> list[int]:
+    def finish(
+        self,
+        batch: Sequence[Taken],
+        out: Outcomes,
+        then: NextTake | None = None,
+        online: Limits | None = None,
+    ) -> tuple[list[int], list[Taken]]:
         """In one atomic step: write the replies (with their expiry) and dead letters of ``out``,
-        put its retries at the back of the queue, and drop ``batch`` from the processing list.
-        Returns the indexes of undeliverable replies (dead-lettered)."""
-        return self.writer.write(
+        put its retries at the back of the queue, drop ``batch`` from the processing list and
+        (``then``) take the next online batch, parsed under ``online``. Returns the indexes of
+        undeliverable replies (dead-lettered) and the requests taken."""
+        sent = time.monotonic()
+        failed, took = self.writer.write(
             self.processing,
             queue=self.source,
             replies=out.replies,
             done=[t.raw for t in batch if t.held],
             retry=out.retry,
             dead=out.dead,
+            then=then,
         )
+        return failed, self.read_take(took, sent, time.monotonic(), online or self.limits)
 
     def count_attempts(self, request_ids: Sequence[str]) -> list[int]:
         """Add one failed attempt to each request; returns their totals."""
@@ -308,3 +402,10 @@ class RedisQueue:
     def depth(self) -> int:
         """Requests waiting in this lane's request list."""
         return int(self.redis.llen(self.source))
+
+
+def _parse(raw: bytes, now: int, limits: Limits) -> Taken:
+    try:
+        return Taken(raw=raw, taken_ms=now, request=parse_request(raw, limits))
+    except Rejected as rejected:
+        return Taken(raw=raw, taken_ms=now, rejected=rejected)

@@ -16,16 +16,17 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from embedq.clock import RedisClock
 from embedq.protocol import Heartbeat
 
 from . import report
 from .admission import Admission, CostModel, calibrate
-from .batching import Batcher, BatchPolicy, make_policy
+from .batching import FRESH_S, Batcher, BatchPolicy, make_policy
 from .cache import CacheWriter
 from .encode import BatchEncoder
 from .encoder import Encoder
 from .identity import served_name
-from .lane import RedisQueue, Taken
+from .lane import Depths, NextTake, RedisQueue, Taken
 from .liveness import AliveFile
 from .metrics import Metrics
 from .outcomes import Outcomes
@@ -61,6 +62,7 @@ class Worker:
         self.redis = client
         self.cache = cache
         keys = settings.keys
+        clock, self.depths = RedisClock(), Depths()
 
         def lane(bulk: bool) -> RedisQueue:
             return RedisQueue(
@@ -71,6 +73,8 @@ class Worker:
                 reply_ttl=settings.reply_ttl,
                 dead_max=settings.dead_max,
                 bulk=bulk,
+                clock=clock,
+                depths=self.depths,
             )
 
         self.queue, self.bulk = lane(False), lane(True)
@@ -258,16 +262,22 @@ class Worker:
         multi-request calls) gets one batch if it has work, so it finishes even while questions
         never stop. Every batch is capped by its expected cost (``batch_budget_ms``), so a
         question waits behind at most one capped batch. With nothing queued, wait for a wake
-        token (every producer leaves one).
+        token (every producer leaves one). A take that the last script's look at both lanes
+        (``Depths``, a moment ago) says would find nothing is skipped.
         """
-        if self._online_streak >= self.settings.bulk_every and (served := self._serve_background()):
-            return served
-        batch = self.batcher.next_batch(block=0)
-        if batch:
-            self._online_streak += 1
-            self.process(batch)
-            return len(batch)
-        if served := self._serve_background():
+        online, bulk = self.depths.consume(FRESH_S)
+        background = bulk != 0 or bool(self.bulk_batcher.pending)  # may have work
+        if self._online_streak >= self.settings.bulk_every:
+            if background and (served := self._serve_background()):
+                return served
+            self._online_streak, background = 0, False  # just looked, or knew
+        if online != 0 or self.batcher.pending:
+            batch = self.batcher.next_batch(block=0)
+            if batch:
+                self._online_streak += 1
+                self.process(batch)
+                return len(batch)
+        if background and (served := self._serve_background()):
             return served
         batch = self.batcher.next_batch(block=block)
         if batch:
@@ -331,8 +341,12 @@ class Worker:
             )
 
     def _finish(self, batch: Sequence[Taken], lane: RedisQueue, out: Outcomes) -> None:
-        """Write the batch's outcomes, then feed the cache and count what happened."""
-        undeliverable = set(lane.finish(batch, out))
+        """Write the batch's outcomes and take the next online batch in the same round trip,
+        then feed the cache and count what happened."""
+        failed, taken = lane.finish(batch, out, self._next_take(), online=self.settings.limits)
+        if taken:
+            self.batcher.offer(taken, drained=self.depths.online == 0)
+        undeliverable = set(failed)
         if self.cache is not None and out.cacheable:
             self.cache.store(out.cacheable)  # handed to its thread: the batch never waits on the cache
         now_ms = lane.now_ms()
@@ -347,6 +361,15 @@ class Worker:
             log.warning(
                 "%d reply key(s) held another type: those requests were dead-lettered", len(undeliverable)
             )
+
+    def _next_take(self) -> NextTake | None:
+        """What the finish script takes for the next online batch: a first take's worth while
+        nothing is carried over (none once stopping); none if the background lane's turn is
+        next and it has work."""
+        if self._stopping or self.batcher.pending:
+            return None
+        due = self._online_streak >= self.settings.bulk_every
+        return NextTake(self.policy.max_batch, self.settings.limits.byte_cap, unless_bulk=due)
 
 
 def _texts(item: Taken) -> int:

@@ -55,13 +55,6 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        for lane in LANES:
-            for outcome in OUTCOMES:
-                self.requests.labels(lane, outcome)
-            self.texts.labels(lane)
-            self.batch_size.labels(lane)
-            self.queue_wait.labels(lane)
-            self.encode.labels(lane)
         self.late_texts = PromCounter(
             "embedq_late_texts",
             "Texts encoded whose reply was written after the request's deadline (wasted work)",
@@ -77,8 +70,9 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        for lane in LANES:
-            self.late_texts.labels(lane)
+        self._children = {lane: _LaneChildren(self, lane) for lane in LANES}
+        """Each lane's labelled series, created at start (so every series shows from the first
+        scrape) and looked up once: a label lookup costs more than the update, on every batch."""
         self.depth = Gauge("embedq_queue_depth", "Requests waiting, by queue", ["queue"], registry=r)
         self.cache_writes = PromCounter(
             "embedq_cache_writes", "Vectors this worker stored in the query cache", registry=r
@@ -110,19 +104,20 @@ class Metrics:
 
     def outcome(self, outcome: str, lane: str = "online", n: int = 1) -> None:
         """Count ``n`` requests of ``lane`` with this outcome (``counts``: ``ok``, ``bulk_ok``...)."""
-        self.requests.labels(lane, outcome).inc(n)
+        self._children[lane].requests[outcome].inc(n)
         self.counts[_count_name(outcome, lane)] += n
 
     def batch(self, texts: int, encode_s: float, lane: str = "online") -> None:
         """One encode of ``texts`` texts."""
-        self.texts.labels(lane).inc(texts)
+        series = self._children[lane]
+        series.texts.inc(texts)
         self.counts[_count_name("texts", lane)] += texts
-        self.batch_size.labels(lane).observe(texts)
-        self.encode.labels(lane).observe(encode_s)
+        series.batch_size.observe(texts)
+        series.encode.observe(encode_s)
 
     def late(self, texts: int, lane: str = "online") -> None:
         """``texts`` were encoded for a request whose reply went out past its deadline."""
-        self.late_texts.labels(lane).inc(texts)
+        self._children[lane].late_texts.inc(texts)
         self.counts[_count_name("late_texts", lane)] += texts
 
     def truncated(self, texts: int) -> None:
@@ -138,7 +133,7 @@ class Metrics:
     def answered(self, queue_ms: float, encode_ms: float, lane: str = "online") -> None:
         """One request answered with vectors after waiting ``queue_ms`` in its list; the
         last-minute window is of online requests only (bulk ones wait by design)."""
-        self.queue_wait.labels(lane).observe(queue_ms / 1000.0)
+        self._children[lane].queue_wait.observe(queue_ms / 1000.0)
         if lane != "online":
             return
         now = time.monotonic()
@@ -155,6 +150,18 @@ class Metrics:
         latencies = sorted(lat for _, lat in self._recent)
         p95 = percentile(latencies, 95)
         return {"requests": len(latencies), "p95_ms": round(p95, 2), "window_s": WINDOW_S}
+
+
+class _LaneChildren:
+    """One lane's series of the labelled metrics."""
+
+    def __init__(self, metrics: Metrics, lane: str) -> None:
+        self.requests = {outcome: metrics.requests.labels(lane, outcome) for outcome in OUTCOMES}
+        self.texts = metrics.texts.labels(lane)
+        self.batch_size = metrics.batch_size.labels(lane)
+        self.queue_wait = metrics.queue_wait.labels(lane)
+        self.encode = metrics.encode.labels(lane)
+        self.late_texts = metrics.late_texts.labels(lane)
 
 
 def _count_name(what: str, lane: str) -> str:

@@ -28,8 +28,9 @@ def request(*texts: str, kind: str = "query", timeout: float = 30.0) -> Request:
 
 
 def push(r: fakeredis.FakeRedis, *items: Request | bytes) -> None:
-    """Enqueue requests (or raw bytes) as a producer would, without a wake token."""
+    """Enqueue requests (or raw bytes) as a producer would: with a wake token for idle workers."""
     r.rpush(KEYS.queue, *(i.pack() if isinstance(i, Request) else i for i in items))
+    r.rpush(KEYS.wake, 1)
 
 
 def reply_of(r: fakeredis.FakeRedis, req: Request) -> Reply:

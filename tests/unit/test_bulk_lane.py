@@ -49,11 +49,18 @@ def test_online_requests_go_before_every_waiting_bulk_request(r: fakeredis.FakeR
     assert worker.serve_once(block=0.01) == 3  # all online requests, one batch
     assert encoder.calls == [3]
     assert r.llen(KEYS.bulk) == 3
+    late = request("late question", kind="query")
+    original = encoder.encode
+
+    def encode_and_ask(texts, kinds):  # the question arrives while the bulk batch is encoded
+        if texts[0] == "doc 0":
+            r.rpush(KEYS.queue, late.pack())
+        return original(texts, kinds)
+
+    encoder.encode = encode_and_ask  # type: ignore[method-assign]
     assert worker.serve_once(block=0.01) == 1  # then one bulk request (two texts fill the batch)
     assert encoder.calls == [3, 2]
-    late = request("late question", kind="query")
-    r.rpush(KEYS.queue, late.pack())
-    assert worker.serve_once(block=0.01) == 1  # a question that arrived meanwhile goes next
+    assert worker.serve_once(block=0.01) == 1  # the question that arrived meanwhile goes next
     assert encoder.calls == [3, 2, 1]
     assert reply_of(r, late).ok
     while worker.serve_once(block=0.01):
@@ -77,14 +84,21 @@ def test_background_requests_are_merged_up_to_the_bulk_batch(r: fakeredis.FakeRe
 
 
 def test_the_background_gets_its_share_while_questions_never_stop(r: fakeredis.FakeRedis) -> None:
-    worker, _ = make_worker(r, bulk_every=2, bulk_max_batch=1)
+    worker, encoder = make_worker(r, bulk_every=2, bulk_max_batch=1)
     docs = [request(f"doc {i}") for i in range(3)]
     r.rpush(KEYS.bulk, *(d.pack() for d in docs))
     lanes = []
-    for i in range(9):  # a question is always waiting
-        r.rpush(KEYS.queue, request(f"q {i}", kind="query").pack())
+    original = encoder.encode
+
+    def encode_and_ask(texts, kinds):  # a question is always waiting: one arrives per encode
+        lanes.append("online" if kinds[0] == "query" else "bulk")
+        r.rpush(KEYS.queue, request(f"q {len(lanes)}", kind="query").pack())
+        return original(texts, kinds)
+
+    encoder.encode = encode_and_ask  # type: ignore[method-assign]
+    r.rpush(KEYS.queue, request("q 0", kind="query").pack())
+    for _ in range(9):
         worker.serve_once(block=0.01)
-        lanes.append("bulk" if r.llen(KEYS.queue) else "online")
     assert lanes == ["online", "online", "bulk"] * 3
     assert all(reply_of(r, d).ok for d in docs)
 

@@ -47,10 +47,22 @@ def test_put_back_restores_queue_order(r: fakeredis.FakeRedis) -> None:
 def test_wake_tokens_are_kept_to_their_cap(r: fakeredis.FakeRedis) -> None:
     worker, _ = make_worker(r)
     r.rpush(KEYS.wake, *([1] * (WAKE_TOKENS_MAX + 20)))
-    push(r, request("a"))
+    push(r, request("a"), request("b"))
     taken = worker.queue.take(1, block=0)
     worker.queue.put_back(taken)
     assert r.llen(KEYS.wake) == WAKE_TOKENS_MAX
+
+
+def test_a_take_that_leaves_both_lanes_empty_clears_the_wake_tokens(r: fakeredis.FakeRedis) -> None:
+    worker, _ = make_worker(r)
+    push(r, request("a"), request("b"))
+    r.rpush(KEYS.bulk, request("doc").pack())
+    worker.queue.take(8, block=0)
+    assert r.llen(KEYS.wake) == 1  # the bulk request still needs a worker to wake
+    worker.bulk.take(8, block=0)
+    assert r.llen(KEYS.wake) == 0  # every token stood for a request already taken
+    push(r, request("c"))
+    assert r.llen(KEYS.wake) == 1  # a later push leaves its own
 
 
 def test_the_lane_keeps_redis_time_from_its_takes(r: fakeredis.FakeRedis) -> None:

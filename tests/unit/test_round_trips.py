@@ -1,0 +1,96 @@
+"""The worker's Redis round trips per batch (worker/loop.py, worker/lane.py): the finish script
+takes the next batch in the same round trip, and a take that the last script saw would find
+nothing is not sent. Counted on fakeredis; the timing is benchmarks/batch_cost.py's."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import fakeredis
+import pytest
+
+from tests.support.worker_harness import KEYS, make_worker, push, reply_of, request
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def r(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """The test's own client (pushes, replies): its commands are not the worker's."""
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def w(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """The worker's client, whose commands are counted."""
+    return fakeredis.FakeRedis(server=server)
+
+
+class Commands:
+    """Names of the commands a client sends (scripts by what they do)."""
+
+    def __init__(self, client: Any, scripts: dict[str, str]) -> None:
+        self.sent: list[str] = []
+        self._scripts = scripts
+        original = client.execute_command
+
+        def record(*args: Any, **options: Any) -> Any:
+            name = str(args[0]).upper()
+            self.sent.append(self._scripts.get(str(args[1]), name) if name == "EVALSHA" else name)
+            return original(*args, **options)
+
+        client.execute_command = record
+
+    def take(self) -> list[str]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def watch(worker: Any, w: fakeredis.FakeRedis) -> Commands:
+    scripts = worker.queue._scripts
+    return Commands(w, {scripts.take.sha: "take", scripts.finish.sha: "finish"})
+
+
+def test_a_lone_question_at_idle_costs_a_wake_a_take_and_a_finish(
+    r: fakeredis.FakeRedis, w: fakeredis.FakeRedis
+) -> None:
+    worker, _ = make_worker(w)
+    push(r, request("warm-up"))  # loads the scripts
+    worker.serve_once(block=0.01)
+    commands = watch(worker, w)
+    q = request("lone")
+    later = threading.Timer(0.05, push, args=(r, q))  # arrives while the worker waits
+    later.start()
+    assert worker.serve_once(block=5.0) == 1
+    later.join()
+    assert reply_of(r, q).ok
+    assert commands.take() == ["BLPOP", "take", "finish"]
+    # the finish saw both lanes empty: straight back to waiting, no empty takes first
+    assert worker.serve_once(block=0.01) == 0
+    assert commands.take() == ["BLPOP"]
+
+
+def test_a_busy_worker_sends_one_script_per_batch(r: fakeredis.FakeRedis, w: fakeredis.FakeRedis) -> None:
+    worker, encoder = make_worker(w)
+    original = encoder.encode
+    questions = [request(f"q{i}") for i in range(6)]
+
+    def encode_and_ask(texts: list[str], kinds: list[str]) -> Any:  # the next question comes meanwhile
+        if len(encoder.calls) < len(questions):
+            push(r, questions[len(encoder.calls)])
+        return original(texts, kinds)
+
+    encoder.encode = encode_and_ask  # type: ignore[method-assign]
+    push(r, request("first"))
+    assert worker.serve_once(block=0) == 1
+    commands = watch(worker, w)
+    for _ in questions:
+        assert worker.serve_once(block=0) == 1
+    # each finish wrote its replies and took the question that came during its encode
+    assert commands.take() == ["finish"] * len(questions)
+    assert all(reply_of(r, q).ok for q in questions)
+    assert r.llen(KEYS.processing("w1")) == 0
