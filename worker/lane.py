@@ -320,25 +320,55 @@ class RedisQueue:
         """Redis time, measured again by every take and finish (their scripts read ``TIME``)."""
         self.depths = depths or Depths()
         """Both lanes' depths as the last take or finish saw them."""
+        self._pipelined_wake = not isinstance(client, redis.RedisCluster)
+        """A cluster client routes each command of a pipeline on its own: wait, then take."""
 
     def take(self, limit: int, *, block: float) -> list[Taken]:
         """Up to ``limit`` requests, FIFO, in one round trip. ``block`` > 0: first wait up to
         that long for a wake token (a producer leaves one with each push), so that an idle
-        worker never receives a request through a blocking pop, which cannot check its size."""
-        if block > 0 and self.redis.blpop([self.keys.wake], timeout=block) is None:
-            return []
-        sent, k = time.monotonic(), self.keys
-        reply = self._scripts.take(
-            keys=[self.source, self.processing, k.dead, k.wake, k.queue, k.bulk],
-            args=[limit, self.limits.byte_cap, self.worker_id, self.dead_max, PEEK_BYTES, TOO_LARGE],
-        )
-        return self.read_take(reply, sent, time.monotonic(), self.limits)
+        worker never receives a request through a blocking pop, which cannot check its size;
+        the wait and the take are sent together, so Redis runs the take the moment the token
+        comes (or the wait ends: a request pushed without a token is found then)."""
+        k = self.keys
+        keys = [self.source, self.processing, k.dead, k.wake, k.queue, k.bulk]
+        args: list[str | int] = [limit, self.limits.byte_cap, self.worker_id, self.dead_max]
+        args += [PEEK_BYTES, TOO_LARGE]
+        if block > 0:
+            if self._pipelined_wake:
+                taken = self._wake_and_take(block, keys, args)
+                if taken is not None:
+                    return taken
+            elif self.redis.blpop([k.wake], timeout=block) is None:
+                return []
+        sent = time.monotonic()
+        reply = self._scripts.take(keys=keys, args=args)
+        return self.read_take(reply, self.limits, timed=(sent, time.monotonic()))
 
-    def read_take(self, reply: Sequence[Any], sent: float, received: float, limits: Limits) -> list[Taken]:
+    def _wake_and_take(self, block: float, keys: list[str], args: list[str | int]) -> list[Taken] | None:
+        """The blocking wait for a token and the take script in one pipeline; None when Redis
+        does not hold the script yet (after a restart): the caller then runs it, which loads it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.blpop([self.keys.wake], timeout=block)
+        pipe.execute_command("EVALSHA", self._scripts.take.sha, len(keys), *keys, *args)
+        woke, reply = pipe.execute(raise_on_error=False)
+        if isinstance(woke, Exception):
+            raise woke
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return None
+        if isinstance(reply, Exception):
+            raise reply
+        # when the script ran within the wait is not known here: its TIME stamps the requests,
+        # but the clock's offset is measured by the calls whose round trip is known
+        return self.read_take(reply, self.limits)
+
+    def read_take(
+        self, reply: Sequence[Any], limits: Limits, *, timed: tuple[float, float] | None = None
+    ) -> list[Taken]:
         """The requests of a take's answer (``taken`` in the scripts: Redis TIME, both lanes'
-        depths, the oversized ones, then the rest), parsed under ``limits``; notes the time
-        and the depths."""
-        self.clock.update(reply[:2], sent, received)
+        depths, the oversized ones, then the rest), parsed under ``limits``; notes the depths
+        and, with ``timed`` (monotonic sent, received), the Redis clock."""
+        if timed is not None:
+            self.clock.update(reply[:2], *timed)
         self.depths.saw(int(reply[2]), int(reply[3]))
         now = time_reply_ms(reply[:2])
         n_over = int(reply[4])
@@ -376,7 +406,7 @@ class RedisQueue:
             dead=out.dead,
             then=then,
         )
-        return failed, self.read_take(took, sent, time.monotonic(), online or self.limits)
+        return failed, self.read_take(took, online or self.limits, timed=(sent, time.monotonic()))
 
     def count_attempts(self, request_ids: Sequence[str]) -> list[int]:
         """Add one failed attempt to each request; returns their totals."""

@@ -35,3 +35,19 @@ def test_an_oversized_request_is_dead_lettered_in_redis_with_the_one_message(r: 
     dead = msgpack.unpackb(r.lindex(KEYS.dead, 0), unicode_errors="replace")  # raw: the first bytes
     assert dead["code"] == "request_too_large" and dead["reason"] == expected
     assert r.llen(KEYS.processing("w1")) == 0  # never held: nothing to put back
+
+
+def test_the_wait_and_the_take_go_together_and_survive_a_script_flush(r: redis.Redis) -> None:
+    worker, _ = make_worker(r)
+    first = request("first")
+    push(r, first)
+    taken = worker.queue.take(8, block=1.0)  # the token is there: the pipelined take runs at once
+    assert [t.request.id for t in taken if t.request] == [first.id]
+    assert r.llen(KEYS.processing("w1")) == 1 and r.llen(KEYS.wake) == 0
+    r.script_flush()  # a restarted Redis holds no scripts: the take is sent again, loading it
+    second = request("second")
+    push(r, second)
+    taken = worker.queue.take(8, block=1.0)
+    assert [t.request.id for t in taken if t.request] == [second.id]
+    r.rpush(KEYS.queue, request("no token").pack())  # pushed without a token: found when the wait ends
+    assert len(worker.queue.take(8, block=0.2)) == 1

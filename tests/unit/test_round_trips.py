@@ -30,32 +30,48 @@ def w(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis(server=server)
 
 
-class Commands:
-    """Names of the commands a client sends (scripts by what they do)."""
+class RoundTrips:
+    """What a client sends, a round trip per entry: a command's name (a script's by what it
+    does), or a pipeline's names joined by '+'."""
 
     def __init__(self, client: Any, scripts: dict[str, str]) -> None:
         self.sent: list[str] = []
         self._scripts = scripts
-        original = client.execute_command
+        command, pipeline = client.execute_command, client.pipeline
 
         def record(*args: Any, **options: Any) -> Any:
-            name = str(args[0]).upper()
-            self.sent.append(self._scripts.get(str(args[1]), name) if name == "EVALSHA" else name)
-            return original(*args, **options)
+            self.sent.append(self.name(args))
+            return command(*args, **options)
+
+        def recorded_pipeline(*args: Any, **options: Any) -> Any:
+            pipe = pipeline(*args, **options)
+            execute = pipe.execute
+
+            def record_execute(*a: Any, **o: Any) -> Any:
+                self.sent.append("+".join(self.name(c[0]) for c in pipe.command_stack))
+                return execute(*a, **o)
+
+            pipe.execute = record_execute
+            return pipe
 
         client.execute_command = record
+        client.pipeline = recorded_pipeline
+
+    def name(self, args: Any) -> str:
+        name = str(args[0]).upper()
+        return self._scripts.get(str(args[1]), name) if name == "EVALSHA" else name
 
     def take(self) -> list[str]:
         sent, self.sent = self.sent, []
         return sent
 
 
-def watch(worker: Any, w: fakeredis.FakeRedis) -> Commands:
+def watch(worker: Any, w: fakeredis.FakeRedis) -> RoundTrips:
     scripts = worker.queue._scripts
-    return Commands(w, {scripts.take.sha: "take", scripts.finish.sha: "finish"})
+    return RoundTrips(w, {scripts.take.sha: "take", scripts.finish.sha: "finish"})
 
 
-def test_a_lone_question_at_idle_costs_a_wake_a_take_and_a_finish(
+def test_a_lone_question_at_idle_costs_two_round_trips(
     r: fakeredis.FakeRedis, w: fakeredis.FakeRedis
 ) -> None:
     worker, _ = make_worker(w)
@@ -68,10 +84,11 @@ def test_a_lone_question_at_idle_costs_a_wake_a_take_and_a_finish(
     assert worker.serve_once(block=5.0) == 1
     later.join()
     assert reply_of(r, q).ok
-    assert commands.take() == ["BLPOP", "take", "finish"]
+    # the wait and the take go together: Redis runs the take when the token comes
+    assert commands.take() == ["BLPOP+take", "finish"]
     # the finish saw both lanes empty: straight back to waiting, no empty takes first
     assert worker.serve_once(block=0.01) == 0
-    assert commands.take() == ["BLPOP"]
+    assert commands.take() == ["BLPOP+take"]
 
 
 def test_a_busy_worker_sends_one_script_per_batch(r: fakeredis.FakeRedis, w: fakeredis.FakeRedis) -> None:
