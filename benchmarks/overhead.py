@@ -162,16 +162,18 @@ def throughput(
 
 
 def stages(events: list[Event], start: float, end: float) -> dict[str, float] | None:
-    """One question's stages (ms) from the events of its call, or None if they do not line up."""
-    mine = [e for e in events if start <= e[2] <= end]
+    """One question's stages (ms) from the events that overlap its call, or None if they do not
+    line up."""
+    mine = events
     enqueue = next((e for e in mine if e[0] == "producer" and e[1] == "EVALSHA"), None)
     encode = next((e for e in mine if e[0] == "worker" and e[1] == "encode"), None)
     if enqueue is None or encode is None:
         return None
-    # the take that got the question began after the enqueue did (it may begin before the
-    # producer has the enqueue's answer: Redis wakes the worker's blocking pop first)
-    scripts = [e for e in mine if e[0] == "worker" and e[1] == "EVALSHA"]
-    takes = [e for e in scripts if e[2] >= enqueue[2] and e[3] <= encode[2]]
+    # the take that got the question ended after the enqueue began (it may end before the
+    # producer has the enqueue's answer: Redis wakes the worker's blocking pop first); an idle
+    # worker's take is the end of its wait-and-take pipeline, which began before the question
+    scripts = [e for e in mine if e[0] == "worker" and e[1] in ("EVALSHA", "BLPOP+EVALSHA")]
+    takes = [e for e in scripts if enqueue[2] <= e[3] <= encode[2]]
     replies = [e for e in scripts if e[2] >= encode[3]]
     if not takes or not replies:
         return None
@@ -256,7 +258,7 @@ def main() -> int:
     floors: list[float] = []
     trips: list[int] = []
     for start, end, alone, floor in calls[20:]:  # after warm-up
-        mine = [e for e in events if start <= e[2] <= end]
+        mine = [e for e in events if e[3] >= start and e[2] <= end]  # overlapping the call
         split = stages(mine, start, end)
         if split is not None:
             rows.append(split)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 Event = tuple[str, str, float, float]
-"""(side, what, start, end): ``what`` is a Redis command's name (EVALSHA, BLPOP...) or a label."""
+"""(side, what, start, end): ``what`` is a Redis command's name (EVALSHA, BLPOP...), a
+pipeline's (BLPOP+EVALSHA) or a label."""
 
 
 class Recorder:
@@ -40,5 +41,20 @@ class Recorder:
 
     def watch(self, side: str, client: Any) -> None:
         """Time every command a redis-py ``client`` sends (scripts included: they go through
-        ``execute_command`` too)."""
+        ``execute_command`` too), and every pipeline it runs as one event named by its commands
+        joined by '+' (``BLPOP+EVALSHA``)."""
         client.execute_command = self.wrap(side, None, client.execute_command)
+        pipeline = client.pipeline
+
+        def timed_pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            def timed_execute(*a: Any, **k: Any) -> Any:
+                name = "+".join(str(command[0][0]).upper() for command in pipe.command_stack)
+                return self.wrap(side, name, execute)(*a, **k)
+
+            pipe.execute = timed_execute
+            return pipe
+
+        client.pipeline = timed_pipeline
