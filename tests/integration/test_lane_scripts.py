@@ -10,7 +10,7 @@ import redis
 
 from embedq.protocol import Keys, too_large_message
 from tests.support.servers import RedisServer
-from tests.support.worker_harness import make_worker, push, request
+from tests.support.worker_harness import make_worker, push, reply_of, request
 
 KEYS = Keys()
 
@@ -51,3 +51,24 @@ def test_the_wait_and_the_take_go_together_and_survive_a_script_flush(r: redis.R
     assert [t.request.id for t in taken if t.request] == [second.id]
     r.rpush(KEYS.queue, request("no token").pack())  # pushed without a token: found when the wait ends
     assert len(worker.queue.take(8, block=0.2)) == 1
+
+
+def test_a_request_over_the_cap_taken_with_an_answer_is_dead_lettered_and_refused(r: redis.Redis) -> None:
+    worker, encoder = make_worker(r, max_request_bytes=2000)
+    big = request("x" * 40)
+    padded = msgpack.packb({**msgpack.unpackb(big.pack()), "pad": "z" * 3000})
+    original = encoder.encode
+
+    def encode_and_push(texts, kinds):  # the oversized one arrives during the first encode
+        push(r, padded)
+        return original(texts, kinds)
+
+    encoder.encode = encode_and_push  # type: ignore[method-assign]
+    push(r, request("first"))
+    assert worker.serve_once(block=0) == 1  # its finish took the oversized one, without its body
+    assert r.llen(KEYS.queue) == 0 and r.llen(KEYS.processing("w1")) == 0
+    assert msgpack.unpackb(r.lindex(KEYS.dead, 0), unicode_errors="replace")["code"] == "request_too_large"
+    encoder.encode = original  # type: ignore[method-assign]
+    assert worker.serve_once(block=0) == 1  # and answers it with the reason
+    reply = reply_of(r, big)
+    assert reply.code == "request_too_large" and reply.message == too_large_message(len(padded), 2000)

@@ -111,3 +111,22 @@ def test_a_busy_worker_sends_one_script_per_batch(r: fakeredis.FakeRedis, w: fak
     assert commands.take() == ["finish"] * len(questions)
     assert all(reply_of(r, q).ok for q in questions)
     assert r.llen(KEYS.processing("w1")) == 0
+
+
+def test_a_stopping_worker_takes_nothing_more_with_its_last_answer(
+    r: fakeredis.FakeRedis, w: fakeredis.FakeRedis
+) -> None:
+    worker, encoder = make_worker(w)
+    original = encoder.encode
+    later = request("later")
+
+    def encode_and_stop(texts: list[str], kinds: list[str]) -> Any:  # asked to stop mid-batch
+        push(r, later)
+        worker.stop()
+        return original(texts, kinds)
+
+    encoder.encode = encode_and_stop  # type: ignore[method-assign]
+    push(r, request("first"))
+    assert worker.serve_once(block=0) == 1
+    assert r.llen(KEYS.queue) == 1 and r.llen(KEYS.processing("w1")) == 0  # left for the others
+    assert not worker.batcher.pending
