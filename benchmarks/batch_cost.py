@@ -31,7 +31,7 @@ from embedq import EmbeddingClient
 from embedq.call import Call
 from embedq.tools.local import RedisServer, bundled_model_path
 from embedq.tools.record import RECORD_QUERIES
-from embedq.tools.timeline import Recorder
+from embedq.tools.timeline import MODEL_WORK, Recorder
 from embedq.worker.export import export
 from embedq.worker.loop import Worker
 from embedq.worker.onnx_encoder import OnnxEncoder
@@ -65,7 +65,6 @@ def main() -> int:
         recorder.watch("worker", client)
         worker = Worker(settings, encoder, client)
         worker.warm_up()
-        model_work = ("encode", "tokenize")
         producer = EmbeddingClient.from_url(server.url, queue=QUEUE, timeout=30.0, max_queue=None)
         total_turns = args.batches + 50
         calls: list[Call] = []
@@ -78,7 +77,8 @@ def main() -> int:
             producer.send(call, limit=1)
             sent += 1
 
-        encode = recorder.wrap("worker", "encode", encoder.encode)
+        recorder.watch_encoder("worker", worker.encoder)
+        encode = worker.encoder.encode
         queue_next = recorder.wrap("harness", "send", send_next)
 
         def encode_and_send(texts: list[str], kinds: list[str]) -> object:
@@ -87,7 +87,6 @@ def main() -> int:
             return encode(texts, kinds)
 
         worker.encoder.encode = encode_and_send
-        worker.encoder.token_counts = recorder.wrap("worker", "tokenize", encoder.token_counts)
         turns: list[tuple[float, float, float, int]] = []
         try:
             for i in range(total_turns):
@@ -98,9 +97,9 @@ def main() -> int:
                     raise SystemExit("the worker did not take the question")
                 total = time.perf_counter() - started
                 turn = recorder.events[mark:]
-                model = sum(end - start for side, what, start, end in turn if what in model_work)
+                model = sum(end - start for side, what, start, end in turn if what in MODEL_WORK)
                 harness = sum(end - start for side, what, start, end in turn if side == "harness")
-                worker_side = [e for e in turn if e[0] == "worker" and e[1] not in model_work]
+                worker_side = [e for e in turn if e[0] == "worker" and e[1] not in MODEL_WORK]
                 commands = [end - start for _, _, start, end in worker_side]
                 if i >= 50:  # after warm-up
                     turns.append((total - harness, model, sum(commands), len(commands)))

@@ -49,7 +49,7 @@ from embedq import EmbeddingClient
 from embedq.stats import percentile
 from embedq.tools.local import RedisServer, bundled_model_path
 from embedq.tools.record import RECORD_QUERIES
-from embedq.tools.timeline import Event, Recorder
+from embedq.tools.timeline import MODEL_WORK, Event, Recorder
 from embedq.worker.export import export
 from embedq.worker.loop import Worker
 from embedq.worker.onnx_encoder import OnnxEncoder
@@ -58,7 +58,6 @@ from embedq.worker.settings import Settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUEUE = "overhead:requests"
 STAGES = ("producer", "enqueue + take", "admit", "model", "reply", "finish + producer wake")
-MODEL_WORK = ("encode", "tokenize")
 BARE_QUEUE = "bare"
 BARE_ENQUEUE = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
@@ -119,8 +118,7 @@ def serve(target: str, url: str, stop: Any, ready: Any, events_path: str) -> Non
     recorder.watch("worker", client)
     worker = Worker(settings, encoder, client)
     worker.warm_up()
-    worker.encoder.encode = recorder.wrap("worker", "encode", encoder.encode)
-    worker.encoder.token_counts = recorder.wrap("worker", "tokenize", encoder.token_counts)
+    recorder.watch_encoder("worker", worker.encoder)
     ready.set()
     while not stop.is_set():
         worker.serve_once(block=0.2)
@@ -161,10 +159,9 @@ def throughput(
     return {"queue_texts_per_s": round(queued, 1), "inproc_batch8_texts_per_s": round(inproc, 1)}
 
 
-def stages(events: list[Event], start: float, end: float) -> dict[str, float] | None:
+def stages(mine: list[Event], start: float, end: float) -> dict[str, float] | None:
     """One question's stages (ms) from the events that overlap its call, or None if they do not
     line up."""
-    mine = events
     enqueue = next((e for e in mine if e[0] == "producer" and e[1] == "EVALSHA"), None)
     encode = next((e for e in mine if e[0] == "worker" and e[1] == "encode"), None)
     if enqueue is None or encode is None:

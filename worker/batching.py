@@ -26,9 +26,6 @@ MIN_WAIT_S = 0.0001
 """A wait shorter than this is no wait: the batch goes to encode."""
 BLOCKED_S = 0.0005
 """A first take that returned later than this had to wait: its requests count as arrivals."""
-FRESH_S = 0.002
-"""A look at the queue this recent still tells whether it is empty (the loop's own Python between
-one batch's reply and the next batch takes a fraction of it)."""
 
 
 @dataclass(frozen=True)
@@ -144,20 +141,18 @@ class Batcher(Generic[T]):
         self.last_wait_s = 0.0
         """How long the last batch waited, from its first item's arrival to closing."""
         self._last_count = 0
-        self._drained_at: float | None = None
 
-    def offer(self, items: Sequence[T], *, drained: bool) -> None:
+    def offer(self, items: Sequence[T]) -> None:
         """Items taken for this batcher elsewhere (the worker's finish script takes the next
-        batch in the same round trip): they lead the next batch, after anything carried over.
-        ``drained``: the queue was empty right after they were taken, so a next batch that
-        starts at once and will not wait goes without asking again."""
+        batch in the same round trip): they lead the next batch, after anything carried over."""
         now = self.clock()
         for item in items:
             self.pending.append((item, now))
-        self._drained_at = now if drained else None
 
-    def next_batch(self, *, block: float) -> list[T]:
-        """The next batch; empty when nothing arrived within ``block`` seconds."""
+    def next_batch(self, *, block: float, drained: bool = False) -> list[T]:
+        """The next batch; empty when nothing arrived within ``block`` seconds. ``drained``: the
+        queue was seen empty a moment ago (by the script that took the offered items), so a
+        batch of those that will not wait goes without asking again."""
         started = self.clock()
         previous = self._last_count
         items: list[T] = []
@@ -182,11 +177,10 @@ class Batcher(Generic[T]):
 
         add((), 0.0)  # carried-over and offered items first
         arrived = 0
-        # the last take got fewer than it asked for (or an offer found the queue empty) and no
-        # time was spent since: a batch that will not wait goes without asking again (one round
-        # trip less per batch; a lone question at idle is taken once)
-        drained = self._drained_at is not None and started - self._drained_at <= FRESH_S
-        self._drained_at = None
+        # ``drained`` from here on: the last look at the queue (the caller's, or this batch's last
+        # take getting fewer than it asked for) found it empty and no time was spent since, so a
+        # batch that will not wait goes without asking again (one round trip less per batch; a
+        # lone question at idle is taken once)
         if not items:
             got = self.source.take(self.policy.max_batch, block=block)
             if not got:
@@ -236,5 +230,4 @@ class Batcher(Generic[T]):
         """Everything carried over and not yet batched (for putting back on shutdown)."""
         items = [item for item, _ in self.pending]
         self.pending.clear()
-        self._drained_at = None
         return items

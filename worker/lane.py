@@ -189,6 +189,11 @@ class Scripts:
         self.put_back = client.register_script(PUT_BACK_SCRIPT)
 
 
+FRESH_S = 0.002
+"""A look at the request lists this recent still tells whether they are empty (the loop's own
+Python between one batch's reply and its next decision takes a fraction of it)."""
+
+
 @dataclass
 class Depths:
     """What the last script of this worker saw of both request lists, right after it ran:
@@ -205,7 +210,7 @@ class Depths:
         """Both lanes' depths, just read by a script."""
         self.online, self.bulk, self.at = online, bulk, time.monotonic()
 
-    def consume(self, fresh_s: float) -> tuple[int | None, int | None]:
+    def consume(self, fresh_s: float = FRESH_S) -> tuple[int | None, int | None]:
         """The last reading if it is at most ``fresh_s`` old (else None for both), forgotten
         once read."""
         seen = (self.online, self.bulk) if time.monotonic() - self.at <= fresh_s else (None, None)
@@ -218,9 +223,10 @@ class NextTake:
     """The online batch a finish script takes in the same round trip, for the next turn."""
 
     limit: int
-    """Requests to take at most (0: none)."""
-    byte_cap: int
-    """Online requests over this many bytes are dead-lettered, not taken."""
+    """Requests to take at most."""
+    limits: Limits
+    """The online lane's limits: requests over its byte cap are dead-lettered, not taken, and the
+    rest are parsed under them."""
     unless_bulk: bool = False
     """Take nothing if the background lane has work: its turn comes first."""
 
@@ -258,7 +264,7 @@ class ReplyWriter:
         keys = [processing, queue, self.keys.dead, self.keys.wake, online, online_processing, self.keys.bulk]
         keys += [self.keys.reply(r.id) for r in replies]
         keys += [self.keys.attempts(rid) for rid in cleared]
-        nxt = then or NextTake(0, 0)
+        limit, cap = (then.limit, then.limits.byte_cap) if then else (0, 0)
         args: list[bytes | int | str] = [
             self.reply_ttl,
             self.dead_max,
@@ -268,11 +274,11 @@ class ReplyWriter:
             len(retry),
             len(dead),
             self.worker,
-            nxt.limit,
-            nxt.byte_cap,
+            limit,
+            cap,
             PEEK_BYTES,
             TOO_LARGE,
-            int(nxt.unless_bulk),
+            int(bool(then and then.unless_bulk)),
         ]
         args += [r.pack() for r in replies]
         args += [*done, *retry]
@@ -386,16 +392,12 @@ class RedisQueue:
         return self.clock.now_ms()
 
     def finish(
-        self,
-        batch: Sequence[Taken],
-        out: Outcomes,
-        then: NextTake | None = None,
-        online: Limits | None = None,
+        self, batch: Sequence[Taken], out: Outcomes, then: NextTake | None = None
     ) -> tuple[list[int], list[Taken]]:
         """In one atomic step: write the replies (with their expiry) and dead letters of ``out``,
         put its retries at the back of the queue, drop ``batch`` from the processing list and
-        (``then``) take the next online batch, parsed under ``online``. Returns the indexes of
-        undeliverable replies (dead-lettered) and the requests taken."""
+        (``then``) take the next online batch. Returns the indexes of undeliverable replies
+        (dead-lettered) and the requests taken."""
         sent = time.monotonic()
         failed, took = self.writer.write(
             self.processing,
@@ -406,7 +408,8 @@ class RedisQueue:
             dead=out.dead,
             then=then,
         )
-        return failed, self.read_take(took, online or self.limits, timed=(sent, time.monotonic()))
+        limits = then.limits if then else self.limits  # nothing taken without ``then``
+        return failed, self.read_take(took, limits, timed=(sent, time.monotonic()))
 
     def count_attempts(self, request_ids: Sequence[str]) -> list[int]:
         """Add one failed attempt to each request; returns their totals."""

@@ -21,7 +21,7 @@ from embedq.protocol import Heartbeat
 
 from . import report
 from .admission import Admission, CostModel, calibrate
-from .batching import FRESH_S, Batcher, BatchPolicy, make_policy
+from .batching import Batcher, BatchPolicy, make_policy
 from .cache import CacheWriter
 from .encode import BatchEncoder
 from .encoder import Encoder
@@ -265,14 +265,14 @@ class Worker:
         token (every producer leaves one). A take that the last script's look at both lanes
         (``Depths``, a moment ago) says would find nothing is skipped.
         """
-        online, bulk = self.depths.consume(FRESH_S)
+        online, bulk = self.depths.consume()
         background = bulk != 0 or bool(self.bulk_batcher.pending)  # may have work
         if self._online_streak >= self.settings.bulk_every:
             if background and (served := self._serve_background()):
                 return served
             self._online_streak, background = 0, False  # just looked, or knew
         if online != 0 or self.batcher.pending:
-            batch = self.batcher.next_batch(block=0)
+            batch = self.batcher.next_batch(block=0, drained=online == 0)
             if batch:
                 self._online_streak += 1
                 self.process(batch)
@@ -343,9 +343,8 @@ class Worker:
     def _finish(self, batch: Sequence[Taken], lane: RedisQueue, out: Outcomes) -> None:
         """Write the batch's outcomes and take the next online batch in the same round trip,
         then feed the cache and count what happened."""
-        failed, taken = lane.finish(batch, out, self._next_take(), online=self.settings.limits)
-        if taken:
-            self.batcher.offer(taken, drained=self.depths.online == 0)
+        failed, taken = lane.finish(batch, out, self._next_take())
+        self.batcher.offer(taken)
         undeliverable = set(failed)
         if self.cache is not None and out.cacheable:
             self.cache.store(out.cacheable)  # handed to its thread: the batch never waits on the cache
@@ -369,7 +368,7 @@ class Worker:
         if self._stopping or self.batcher.pending:
             return None
         due = self._online_streak >= self.settings.bulk_every
-        return NextTake(self.policy.max_batch, self.settings.limits.byte_cap, unless_bulk=due)
+        return NextTake(self.policy.max_batch, self.settings.limits, unless_bulk=due)
 
 
 def _texts(item: Taken) -> int:

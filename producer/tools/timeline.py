@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+MODEL_WORK = ("encode", "tokenize")
+"""The events that are the model's work (``Recorder.watch_encoder``): an in-process encode
+tokenizes and runs the model too, so these are not the queue's cost."""
+
 Event = tuple[str, str, float, float]
 """(side, what, start, end): ``what`` is a Redis command's name (EVALSHA, BLPOP...), a
 pipeline's (BLPOP+EVALSHA) or a label."""
@@ -58,3 +62,9 @@ class Recorder:
             return pipe
 
         client.pipeline = timed_pipeline
+
+    def watch_encoder(self, side: str, encoder: Any) -> None:
+        """Time an encoder's model work: ``encode`` and ``token_counts`` (the worker tokenizes a
+        request once, when it counts its tokens, and the encode reuses that), as ``MODEL_WORK``."""
+        encoder.encode = self.wrap(side, "encode", encoder.encode)
+        encoder.token_counts = self.wrap(side, "tokenize", encoder.token_counts)

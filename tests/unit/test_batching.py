@@ -296,22 +296,23 @@ def test_a_batch_closes_at_its_cost_budget_and_the_rest_leads_the_next() -> None
 def test_offered_items_lead_the_next_batch_without_asking_a_drained_queue() -> None:
     # the worker's finish script took them in its round trip and saw the queue empty after
     batcher, source, _ = make([], policy=ADAPTIVE)
-    batcher.offer(["a", "b"], drained=True)
-    assert batcher.next_batch(block=0) == ["a", "b"]
+    batcher.offer(["a", "b"])
+    assert batcher.next_batch(block=0, drained=True) == ["a", "b"]
     assert source.takes == []
 
 
 def test_offered_items_are_topped_up_when_the_queue_was_not_drained() -> None:
     batcher, source, _ = make([(0.0, ["c"])], wait=0.0)
-    batcher.offer(["a", "b"], drained=False)
+    batcher.offer(["a", "b"])
     assert batcher.next_batch(block=0) == ["a", "b", "c"]
     assert source.takes == [(6, 0)]
 
 
-def test_a_stale_offer_does_not_vouch_for_the_queue() -> None:
-    # between the offer and the batch, time passed (a background batch): requests may have come
+def test_offered_items_alone_do_not_vouch_for_the_queue() -> None:
+    # between the offer and the batch, time passed (a background batch): requests may have come,
+    # and only a fresh look at the queue (the worker's ``Depths``) may say otherwise
     batcher, source, clock = make([(0.1, ["c"])], wait=0.0)
-    batcher.offer(["a"], drained=True)
+    batcher.offer(["a"])
     clock.now += 0.2
     assert batcher.next_batch(block=0) == ["a", "c"]
     assert source.takes == [(7, 0)]

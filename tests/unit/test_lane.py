@@ -7,6 +7,7 @@ import msgpack
 import pytest
 
 from embedq.protocol import WAKE_TOKENS_MAX
+from embedq.worker.lane import FRESH_S, Depths
 from tests.support.worker_harness import KEYS, drain, make_worker, push, request
 
 
@@ -70,3 +71,13 @@ def test_the_lane_keeps_redis_time_from_its_takes(r: fakeredis.FakeRedis) -> Non
     worker.queue.take(1, block=0)
     seconds, micros = r.time()
     assert abs(worker.queue.now_ms() - (seconds * 1000 + micros // 1000)) < 200
+
+
+def test_a_look_at_the_lanes_vouches_for_them_once_and_only_while_fresh() -> None:
+    depths = Depths()
+    depths.saw(0, 3)
+    assert depths.consume() == (0, 3)
+    assert depths.consume() == (None, None)  # used
+    depths.saw(0, 0)
+    depths.at -= 2 * FRESH_S
+    assert depths.consume() == (None, None)  # stale: requests may have come since
